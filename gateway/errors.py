@@ -1,0 +1,163 @@
+"""One exception tree for every failure a client can see, mapped to RFC 6750 answers.
+
+    GatewayError (500)
+    ├── InvalidRequestError          400 invalid_request        (WWW-Authenticate)
+    │   └── BadHttpRequestError      400 invalid_request        (malformed HTTP; no WWW-Authenticate)
+    ├── MissingTokenError            401 (no error attribute; body "missing_token")
+    ├── InvalidTokenError            401 invalid_token
+    ├── InsufficientScopeError       403 insufficient_scope (+ scope="...")
+    ├── InsufficientGrantError       403 insufficient_grant
+    ├── InvalidProofError            403 invalid_appsecret_proof
+    ├── NoRouteError                 404 not_found
+    ├── PayloadTooLargeError         413 request_entity_too_large
+    ├── UriTooLongError              414 uri_too_long
+    ├── HeadersTooLargeError         431 request_header_fields_too_large
+    ├── UpstreamError                502 bad_gateway
+    ├── ValidatorUnavailableError    503 temporarily_unavailable (+ Retry-After)
+    ├── OverloadedError              503 overloaded (+ Retry-After)
+    ├── StoreUnavailableError        503 temporarily_unavailable (revocation could not be recorded)
+    └── UpstreamTimeoutError         504 gateway_timeout
+
+ConfigError stands apart: it never becomes an HTTP response.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class GatewayError(Exception):
+    """Base of every failure a client can see; status and code sit on the class."""
+
+    status: ClassVar[int] = 500
+    error_code: ClassVar[str] = "server_error"
+    description: ClassVar[str] = "The gateway failed to handle the request."
+    #: whether the answer carries an RFC 6750 `WWW-Authenticate: Bearer` challenge
+    challenge: ClassVar[bool] = False
+    #: seconds for `Retry-After`, or None
+    retry_after: ClassVar[int | None] = None
+    #: stable reason for logs and metrics
+    reason: str
+
+    def __init__(self, reason: str | None = None) -> None:
+        self.reason = reason or self.error_code
+        super().__init__(self.reason)
+
+
+class InvalidRequestError(GatewayError):
+    status = 400
+    error_code = "invalid_request"
+    description = "The request is missing a required parameter or is otherwise malformed."
+    challenge = True
+
+
+class BadHttpRequestError(InvalidRequestError):
+    """Malformed HTTP (smuggling attempts, unsafe paths): not a token problem."""
+
+    description = "The request is malformed."
+    challenge = False
+
+
+class MissingTokenError(GatewayError):
+    status = 401
+    error_code = "missing_token"
+    description = "An access token is required."
+    challenge = True
+
+
+class InvalidTokenError(GatewayError):
+    status = 401
+    error_code = "invalid_token"
+    description = "The access token is invalid, expired or revoked."
+    challenge = True
+
+
+class InsufficientScopeError(GatewayError):
+    status = 403
+    error_code = "insufficient_scope"
+    description = "The access token lacks a scope this resource requires."
+    challenge = True
+
+    def __init__(self, required: frozenset[str] | tuple[str, ...], reason: str | None = None):
+        self.scope = " ".join(sorted(required))
+        super().__init__(reason)
+
+
+class InsufficientGrantError(GatewayError):
+    status = 403
+    error_code = "insufficient_grant"
+    description = "The access token was issued by a grant this resource does not accept."
+    challenge = True
+
+
+class InvalidProofError(GatewayError):
+    status = 403
+    error_code = "invalid_appsecret_proof"
+    description = "The appsecret_proof is invalid."
+    challenge = True
+
+
+class NoRouteError(GatewayError):
+    status = 404
+    error_code = "not_found"
+    description = "No route matches the request."
+
+
+class PayloadTooLargeError(GatewayError):
+    status = 413
+    error_code = "request_entity_too_large"
+    description = "The request body is larger than allowed."
+
+
+class UriTooLongError(GatewayError):
+    status = 414
+    error_code = "uri_too_long"
+    description = "The request URI is longer than allowed."
+
+
+class HeadersTooLargeError(GatewayError):
+    status = 431
+    error_code = "request_header_fields_too_large"
+    description = "The request headers are larger than allowed."
+
+
+class UpstreamError(GatewayError):
+    status = 502
+    error_code = "bad_gateway"
+    description = "The upstream service could not be reached or failed."
+
+
+class ValidatorUnavailableError(GatewayError):
+    status = 503
+    error_code = "temporarily_unavailable"
+    description = "The token could not be validated right now; retry later."
+    challenge = True
+    retry_after = 5
+
+
+class StoreUnavailableError(GatewayError):
+    status = 503
+    error_code = "temporarily_unavailable"
+    description = "The token store is unavailable; retry later."
+    retry_after = 5
+
+
+class OverloadedError(GatewayError):
+    status = 503
+    error_code = "overloaded"
+    description = "The gateway is handling too many requests; retry later."
+    retry_after = 1
+
+
+class UpstreamTimeoutError(GatewayError):
+    status = 504
+    error_code = "gateway_timeout"
+    description = "The upstream service did not answer in time."
+
+
+class ConfigError(Exception):
+    """A configuration cannot be used; carries every problem found, each naming its key path."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
