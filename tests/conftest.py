@@ -1,0 +1,7 @@
+"""Shared fixtures live in tests/fixtures/ as pytest plugins."""
+
+pytest_plugins = [
+    "tests.fixtures.redis_server",
+    "tests.fixtures.idp",
+    "tests.fixtures.servers",
+]
