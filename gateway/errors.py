@@ -9,6 +9,7 @@
     ├── InsufficientGrantError       403 insufficient_grant
     ├── InvalidProofError            403 invalid_appsecret_proof
     ├── NoRouteError                 404 not_found
+    ├── MethodNotAllowedError        405 method_not_allowed
     ├── PayloadTooLargeError         413 request_entity_too_large
     ├── UriTooLongError              414 uri_too_long
     ├── HeadersTooLargeError         431 request_header_fields_too_large
@@ -101,6 +102,12 @@ class NoRouteError(GatewayError):
     status = 404
     error_code = "not_found"
     description = "No route matches the request."
+
+
+class MethodNotAllowedError(GatewayError):
+    status = 405
+    error_code = "method_not_allowed"
+    description = "The method is not allowed on this resource."
 
 
 class PayloadTooLargeError(GatewayError):

@@ -1,0 +1,213 @@
+"""Command line (SPEC section 1). Exit codes: 0 success, 2 bad usage or config, 1 anything else."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import signal
+import sys
+from collections.abc import Sequence
+
+from gateway import __version__
+from gateway.config import load_config
+from gateway.config.models import GatewayConfig
+from gateway.config.units import format_duration, parse_duration
+from gateway.errors import ConfigError
+
+
+class UsageError(Exception):
+    """Bad command-line input: exit 2 with a message."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gateway", description="OAuth 2.0 bearer-token gateway")
+    p.add_argument("--version", action="version", version=f"gateway {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the gateway")
+    s.add_argument("--config", default=os.environ.get("GATEWAY_CONFIG"))
+
+    c = sub.add_parser("check-config", help="validate a config file")
+    c.add_argument("path")
+
+    r = sub.add_parser("routes", help="print the route table in match order")
+    r.add_argument("path")
+
+    pr = sub.add_parser("proof", help="print the appsecret_proof for a token")
+    pr.add_argument("--token", required=True)
+    pr.add_argument("--secret", required=True)
+    pr.add_argument("--time", type=int, default=None)
+
+    t = sub.add_parser("token", help="mint or revoke tokens in the configured store")
+    tsub = t.add_subparsers(dest="token_command", required=True)
+    ti = tsub.add_parser("issue")
+    ti.add_argument("--config", default=os.environ.get("GATEWAY_CONFIG"))
+    ti.add_argument("--grant", required=True)
+    ti.add_argument("--client-id", required=True)
+    ti.add_argument("--subject", default=None)
+    ti.add_argument("--scope", default="")
+    ti.add_argument("--ttl", default=None)
+    tr = tsub.add_parser("revoke")
+    tr.add_argument("--config", default=os.environ.get("GATEWAY_CONFIG"))
+    tr.add_argument("token")
+
+    d = sub.add_parser("demo", help="run a self-contained demonstration")
+    d.add_argument("--port", type=int, default=8080)
+    d.add_argument(
+        "--self-test", action="store_true", help="run every printed command, check, and exit"
+    )
+    return p
+
+
+def _load(path: str | None) -> GatewayConfig:
+    if not path:
+        raise UsageError("no config: pass --config PATH or set GATEWAY_CONFIG")
+    return load_config(path)
+
+
+def _summary(cfg: GatewayConfig) -> list[str]:
+    redis = "none (in-process store and cache)"
+    if cfg.redis is not None:
+        redis = re.sub(r"//([^@/]*)@", "//***@", cfg.redis.url)
+    sources = ", ".join(s.type for s in cfg.tokens.sources)
+    lines = [
+        f"listen      {cfg.listen.host}:{cfg.listen.port}",
+        "admin       " + (f"{cfg.admin.host}:{cfg.admin.port}" if cfg.admin else "off"),
+        f"workers     {cfg.workers}",
+        f"redis       {redis}",
+        f"sources     {sources}",
+        f"cache       ttl {format_duration(cfg.tokens.cache.ttl)}, "
+        f"negative {format_duration(cfg.tokens.cache.negative_ttl)}, "
+        f"stale_if_error {format_duration(cfg.tokens.cache.stale_if_error)}",
+        f"apps        {len(cfg.apps)}",
+        f"upstreams   {', '.join(cfg.upstreams) or '(none)'}",
+        f"routes      {len(cfg.routes)}",
+    ]
+    if cfg.forward_auth is not None:
+        lines.insert(2, f"forward_auth {cfg.forward_auth.host}:{cfg.forward_auth.port}")
+    return lines
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    cfg = load_config(args.path)
+    print(f"{args.path}: OK")
+    for line in _summary(cfg):
+        print("  " + line)
+    return 0
+
+
+def cmd_routes(args: argparse.Namespace) -> int:
+    from gateway.routing import RouteTable, describe_routes
+
+    cfg = load_config(args.path)
+    for line in describe_routes(RouteTable.from_config(cfg)):
+        print(line)
+    return 0
+
+
+def cmd_proof(args: argparse.Namespace) -> int:
+    from gateway.proof import compute_proof
+
+    print(compute_proof(args.token, args.secret, args.time))
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from gateway.tokens_cli import issue_token, revoke_token
+
+    cfg = _load(args.config)
+    if args.token_command == "issue":
+        try:
+            ttl = parse_duration(args.ttl) if args.ttl is not None else None
+        except ValueError as exc:
+            raise UsageError(f"--ttl: {exc}") from None
+        token = asyncio.run(
+            issue_token(cfg, args.grant, args.client_id, args.subject, args.scope, ttl)
+        )
+        print(token)
+        return 0
+    asyncio.run(revoke_token(cfg, args.token))
+    print("revoked")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.logs import setup_logging
+    from gateway.serve import install_uvloop, serve
+
+    cfg = _load(args.config)
+    setup_logging(cfg.log)
+    workers = cfg.workers_count
+    if workers > 1:
+        return _run_workers(cfg, args.config, workers)
+    install_uvloop()
+    asyncio.run(serve(cfg, args.config))
+    return 0
+
+
+def _run_workers(cfg: GatewayConfig, path: str, workers: int) -> int:
+    """`workers: N|auto`: N processes sharing the ports through SO_REUSEPORT."""
+    import multiprocessing
+
+    from gateway.serve import install_uvloop, serve
+
+    def child() -> None:
+        install_uvloop()
+        asyncio.run(serve(cfg, path, reuse_port=True))
+
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=child, daemon=False) for _ in range(workers)]
+    for proc in procs:
+        proc.start()
+
+    def forward(sig: int, _frame: object) -> None:
+        for proc in procs:
+            if proc.pid is not None and proc.is_alive():
+                os.kill(proc.pid, sig)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    for proc in procs:
+        proc.join()
+    return 0 if all(p.exitcode == 0 for p in procs) else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+
+    return run_demo(args.port, args.self_test)
+
+
+COMMANDS = {
+    "serve": cmd_serve,
+    "check-config": cmd_check,
+    "routes": cmd_routes,
+    "proof": cmd_proof,
+    "token": cmd_token,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"config error ({len(exc.problems)}):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    except UsageError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    except Exception as exc:  # the last line of defence: a message, not a traceback
+        print(f"gateway: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""The forward stage: the upstream request head (SPEC section 7) and the relay of the answer."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import re
+from collections.abc import Iterable
+
+from gateway.authn.info import TokenInfo
+from gateway.config.models import GatewayConfig
+from gateway.errors import UpstreamError
+from gateway.extract import strip_credentials_query
+from gateway.http import wire
+from gateway.http.exchange import BODY_CHUNKED, BODY_LENGTH, Exchange
+from gateway.http.upstream import UpstreamPool, UpstreamResetError
+from gateway.routing import Route
+
+_UNSAFE_VALUE = re.compile(rb"[^\x20-\x7e]")
+_SKIP_ALWAYS = frozenset({b"x-request-id", b"content-length", b"expect", b"host"})
+
+
+def header_value(value: str) -> bytes:
+    """A value safe in a header: anything outside visible ASCII is percent-encoded."""
+    raw = value.encode("utf-8")
+    if _UNSAFE_VALUE.search(raw) is None:
+        return raw
+    return _UNSAFE_VALUE.sub(lambda m: b"%%%02X" % m.group()[0], raw)
+
+
+def identity_headers(info: TokenInfo) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"x-auth-subject", header_value(info.subject or "")),
+        (b"x-auth-client-id", header_value(info.client_id or "")),
+        (b"x-auth-scope", header_value(info.scope)),
+        (b"x-auth-grant", header_value(info.grant)),
+    ]
+
+
+class TrustedProxies:
+    """Peers whose X-Forwarded-* are kept and appended to."""
+
+    def __init__(self, cidrs: Iterable[str]) -> None:
+        self.networks = [ipaddress.ip_network(c) for c in cidrs]
+        self._cache: dict[str, bool] = {}
+
+    def __contains__(self, ip: str) -> bool:
+        hit = self._cache.get(ip)
+        if hit is None:
+            try:
+                addr = ipaddress.ip_address(ip)
+                hit = any(addr in n for n in self.networks)
+            except ValueError:
+                hit = False
+            if len(self._cache) < 10_000:
+                self._cache[ip] = hit
+        return hit
+
+
+def build_head(
+    ex: Exchange,
+    route: Route,
+    info: TokenInfo | None,
+    target_path: str,
+    trusted: bool,
+) -> tuple[bytes, bool]:
+    """The upstream request head, and whether its body is sent chunked."""
+    conn_tokens = wire.connection_tokens(ex.headers) if b"connection" in _names(ex) else set()
+    forward_token = route.forward_token
+    xff = b""
+    out: list[bytes] = []
+    for name, value in ex.headers:
+        key = wire.header_name_key(name) if b"_" in name else name
+        if key in wire.HOP_BY_HOP or name in conn_tokens:
+            if ex.upgrade and name in (b"connection", b"upgrade"):
+                out += (name, b": ", value, b"\r\n")
+            continue
+        if key in wire.IDENTITY_HEADERS or (key in wire.CREDENTIAL_HEADERS and not forward_token):
+            continue
+        if key in _SKIP_ALWAYS or key in wire.FORWARDED_HEADERS:
+            if trusted and key == b"x-forwarded-for":
+                xff = value if not xff else xff + b", " + value
+            elif trusted and key in (b"x-forwarded-proto", b"x-forwarded-host"):
+                out += (name, b": ", value, b"\r\n")
+            continue
+        out += (name, b": ", value, b"\r\n")
+    host = (ex.host or "").encode("latin-1")
+    ip = ex.client_ip.encode()
+    extra: list[tuple[bytes, bytes]] = [
+        (b"host", host),
+        (b"x-forwarded-for", xff + b", " + ip if xff else ip),
+        (b"x-request-id", ex.request_id.encode()),
+    ]
+    if not trusted or not any(n == b"x-forwarded-proto" for n, _ in ex.headers):
+        extra.append((b"x-forwarded-proto", b"http"))
+    if not trusted or not any(n == b"x-forwarded-host" for n, _ in ex.headers):
+        extra.append((b"x-forwarded-host", host))
+    chunked = ex.body_mode == BODY_CHUNKED
+    if chunked:
+        extra.append((b"transfer-encoding", b"chunked"))
+    elif ex.body_mode == BODY_LENGTH:
+        extra.append((b"content-length", str(ex.content_length).encode()))
+    if info is not None:
+        extra += identity_headers(info)
+    query = ex.query if forward_token else strip_credentials_query(ex.query)
+    target = target_path + "?" + query if query else target_path
+    line = f"{ex.method} {target} HTTP/1.1\r\n".encode("latin-1")
+    for name, value in extra:
+        out += (name, b": ", value, b"\r\n")
+    out.append(b"\r\n")
+    return line + b"".join(out), chunked
+
+
+def _names(ex: Exchange) -> set[bytes]:
+    return {n for n, _ in ex.headers}
+
+
+class Forwarder:
+    """Sends allowed requests to their route's upstream pool."""
+
+    def __init__(self, cfg: GatewayConfig, pools: dict[str, UpstreamPool]) -> None:
+        self.pools = pools
+        self.trusted = TrustedProxies(cfg.trusted_proxies)
+        self.timeouts = {name: u.timeout for name, u in cfg.upstreams.items()}
+
+    async def forward(self, ex: Exchange, route: Route, info: TokenInfo | None) -> None:
+        """Relay the exchange; raises UpstreamError / UpstreamTimeoutError before any answer."""
+        pool = self.pools[route.upstream]
+        trusted = ex.client_ip in self.trusted if self.trusted.networks else False
+        path = route.upstream_path(ex.raw_path)
+        ex.send_continue()
+        retry = ex.body_mode == 0 and not ex.upgrade
+        conn = await pool.acquire(fresh=ex.upgrade)
+        while True:
+            target = conn.target
+            head, chunked = build_head(ex, route, info, target.base_path + path, trusted)
+            done = conn.send(ex, head, chunked, self.timeouts[route.upstream])
+            ex.attach_sink(conn)
+            try:
+                await done
+                return
+            except UpstreamResetError:
+                if not (retry and conn.reused):
+                    raise UpstreamError("upstream_reset") from None
+                retry = False  # a kept-alive connection closed under us: once more, fresh
+                conn = await pool.acquire(fresh=True)
+            except asyncio.CancelledError:
+                conn.abort()
+                raise

@@ -1,0 +1,283 @@
+"""One request/response exchange on a client connection: the request as parsed, its body
+stream (buffered until a sink is attached, then relayed with backpressure) and the answer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Protocol
+
+from gateway.errors import BadHttpRequestError, GatewayError, PayloadTooLargeError
+from gateway.http import wire
+
+if TYPE_CHECKING:
+    from gateway.http.server import HttpServerProtocol
+
+BODY_NONE = 0
+BODY_LENGTH = 1
+BODY_CHUNKED = 2
+_BUFFER_HIGH = 256 * 1024  # request body buffered before a sink exists: pause the client past it
+
+
+class BodySink(Protocol):
+    """Where a request body goes (an upstream connection)."""
+
+    def write_body(self, data: bytes) -> None: ...
+    def end_body(self) -> None: ...
+    def abort_body(self, exc: GatewayError) -> None: ...
+
+
+class Producer(Protocol):
+    """Who feeds the response (an upstream connection); paused when the client reads slowly."""
+
+    def pause_producing(self) -> None: ...
+    def resume_producing(self) -> None: ...
+
+
+class Exchange:
+    """A request as the server parsed it, and the writer of its answer."""
+
+    __slots__ = (
+        "_body_chunks",
+        "_body_exc",
+        "_buffered",
+        "_chunked_out",
+        "_no_body_out",
+        "_sink",
+        "body_complete",
+        "body_limit",
+        "body_mode",
+        "body_received",
+        "bytes_sent",
+        "client_ip",
+        "conn",
+        "content_length",
+        "expect_continue",
+        "finished",
+        "headers",
+        "host",
+        "keep_alive",
+        "method",
+        "preset_error",
+        "private_cache",
+        "producer",
+        "query",
+        "raw_path",
+        "request_id",
+        "response_started",
+        "started_at",
+        "status",
+        "task",
+        "upgrade",
+        "upgrade_data",
+        "version",
+    )
+
+    def __init__(
+        self,
+        conn: HttpServerProtocol,
+        method: str,
+        raw_path: str,
+        query: str,
+        headers: list[tuple[bytes, bytes]],
+        version: bytes,
+        keep_alive: bool,
+        host: str | None,
+        request_id: str,
+    ) -> None:
+        self.conn = conn
+        self.method = method
+        self.raw_path = raw_path
+        self.query = query
+        self.headers = headers
+        self.version = version
+        self.keep_alive = keep_alive
+        self.host = host
+        self.request_id = request_id
+        self.client_ip = conn.client_ip
+        self.started_at = time.monotonic()
+        self.body_mode = BODY_NONE
+        self.content_length = 0
+        self.body_received = 0
+        self.body_complete = True
+        self.body_limit = -1  # unknown until the route is matched
+        self.expect_continue = False
+        self.upgrade = False
+        self.upgrade_data = b""
+        self.preset_error: GatewayError | None = None
+        self.private_cache = False
+        self.task: asyncio.Task[None] | None = None
+        self.producer: Producer | None = None
+        self.response_started = False
+        self.finished = False
+        self.status = 0
+        self.bytes_sent = 0
+        self._body_chunks: list[bytes] = []
+        self._buffered = 0
+        self._sink: BodySink | None = None
+        self._body_exc: GatewayError | None = None
+        self._chunked_out = False
+        self._no_body_out = False
+
+    # ----------------------------------------------------------------- request side
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of a header (name lower-case)."""
+        for n, v in self.headers:
+            if n == name:
+                return v
+        return None
+
+    def set_body_limit(self, limit: int) -> None:
+        """The route's max_body; raises PayloadTooLargeError when already exceeded."""
+        self.body_limit = limit
+        if self.body_mode == BODY_LENGTH and self.content_length > limit:
+            raise PayloadTooLargeError("content_length_over_limit")
+        if self.body_received > limit:
+            raise PayloadTooLargeError("body_over_limit")
+
+    def feed_body(self, data: bytes) -> None:
+        """Called by the parser for each body piece."""
+        self.body_received += len(data)
+        if 0 <= self.body_limit < self.body_received:
+            self._fail_body(PayloadTooLargeError("body_over_limit"))
+            return
+        if self._body_exc is not None:
+            return
+        if self._sink is not None:
+            self._sink.write_body(data)
+            return
+        self._body_chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered > _BUFFER_HIGH:
+            self.conn.pause_reading()
+
+    def end_of_body(self) -> None:
+        self.body_complete = True
+        if self._sink is not None and self._body_exc is None:
+            self._sink.end_body()
+
+    def _fail_body(self, exc: GatewayError) -> None:
+        if self._body_exc is not None:
+            return
+        self._body_exc = exc
+        self._body_chunks.clear()
+        self.keep_alive = False
+        if self._sink is not None:
+            self._sink.abort_body(exc)
+        elif self.task is not None and not self.response_started:
+            # the handler may be waiting on the body (form token): let it answer 413
+            self.conn.wake_body_waiter(self)
+
+    @property
+    def body_error(self) -> GatewayError | None:
+        return self._body_exc
+
+    def attach_sink(self, sink: BodySink) -> None:
+        """Relay the buffered body, then every later piece, to the sink."""
+        self._sink = sink
+        if self._body_exc is not None:
+            sink.abort_body(self._body_exc)
+            return
+        chunks, self._body_chunks, self._buffered = self._body_chunks, [], 0
+        for chunk in chunks:
+            sink.write_body(chunk)
+        if self.body_complete and self.body_mode != BODY_NONE:
+            sink.end_body()
+        self.conn.resume_reading()
+
+    def take_buffered_body(self) -> bytes:
+        """The whole body when it is complete and buffered (form-token extraction)."""
+        return b"".join(self._body_chunks)
+
+    def replace_body(self, body: bytes) -> None:
+        """Swap the buffered (complete) body, e.g. after removing a form token."""
+        self._body_chunks = [body] if body else []
+        self._buffered = len(body)
+        self.body_mode = BODY_LENGTH if body else BODY_NONE
+        self.content_length = len(body)
+
+    def pause_reading(self) -> None:
+        self.conn.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.conn.resume_reading()
+
+    def send_continue(self) -> None:
+        """`100 Continue`, sent only once the request is allowed through."""
+        if self.expect_continue and not self.response_started:
+            self.expect_continue = False
+            self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    # ---------------------------------------------------------------- response side
+    def start_response(
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        length: int | None,
+        no_body: bool = False,
+    ) -> None:
+        """Write the status line and headers; framing follows `length` (None = streamed)."""
+        self.response_started = True
+        self.status = status
+        self._no_body_out = no_body
+        out = headers
+        out.append((b"x-request-id", self.request_id.encode()))
+        if self.private_cache:
+            out.append((b"cache-control", b"private"))
+        if not self.body_complete or self._body_exc is not None:
+            self.keep_alive = False  # an unread request body cannot be skipped safely
+        if length is not None:
+            if not (no_body and self.method == "HEAD" and length == 0):
+                out.append((b"content-length", str(length).encode()))
+        elif not no_body and status not in (204, 304):
+            if self.version == b"1.1":
+                self._chunked_out = True
+                out.append((b"transfer-encoding", b"chunked"))
+            else:
+                self.keep_alive = False
+        if not self.keep_alive:
+            out.append((b"connection", b"close"))
+        elif self.version == b"1.0":
+            out.append((b"connection", b"keep-alive"))
+        head = wire.render_head(status, out, self.version if self.version == b"1.0" else b"1.1")
+        self.conn.write(head)
+
+    def write(self, data: bytes) -> None:
+        if self._no_body_out or not data:
+            return
+        self.bytes_sent += len(data)
+        if self._chunked_out:
+            self.conn.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            self.conn.write(data)
+
+    def finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        if self._chunked_out:
+            self.conn.write(b"0\r\n\r\n")
+        self.conn.exchange_finished(self)
+
+    def respond(
+        self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, no_body: bool = False
+    ) -> None:
+        """A complete answer produced by the gateway itself."""
+        self.start_response(status, headers, len(body), no_body=no_body or self.method == "HEAD")
+        self.write(body)
+        self.finish()
+
+    def send_error(self, exc: GatewayError, realm: str) -> None:
+        """The SPEC section 4 answer for exc, or a dropped connection once the answer has begun."""
+        if self.response_started:
+            self.abort()
+            return
+        if isinstance(exc, BadHttpRequestError) or exc.status in (413, 414, 431):
+            self.keep_alive = False  # the rest of the stream cannot be trusted
+        self.respond(exc.status, wire.error_headers(exc, realm), wire.error_body(exc))
+
+    def abort(self) -> None:
+        """Cut the client connection (the answer cannot be completed)."""
+        self.keep_alive = False
+        self.finished = True
+        self.conn.abort()

@@ -1,0 +1,407 @@
+"""The main listener: an asyncio Protocol HTTP/1.1 server on httptools (llhttp).
+
+Owns parsing, limits, smuggling checks, keep-alive, pipelining (answers in order), flow control
+and the Upgrade hand-off. What to do with a request is the handler's business (pipeline.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httptools
+
+from gateway.errors import (
+    BadHttpRequestError,
+    GatewayError,
+    HeadersTooLargeError,
+    UriTooLongError,
+)
+from gateway.http import wire
+from gateway.http.exchange import BODY_CHUNKED, BODY_LENGTH, Exchange
+
+Handler = Callable[[Exchange], Awaitable[None]]
+_TUNNEL_HIGH = 256 * 1024
+
+
+@dataclass
+class ServerContext:
+    """What every connection of one listener shares; `handler` and limits change on reload."""
+
+    handler: Handler
+    realm: str = "gateway"
+    max_header_bytes: int = 16 * 1024
+    max_url_bytes: int = 8 * 1024
+    max_in_flight: int = 10_000
+    keepalive_timeout: float = 75.0
+    header_timeout: float = 30.0
+    in_flight: int = 0
+    draining: bool = False
+    connections: set[HttpServerProtocol] = field(default_factory=set)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+class HttpServerProtocol(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+        self.loop = asyncio.get_event_loop()
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.client_ip = ""
+        self.queue: deque[Exchange] = deque()  # [0] is being answered; later ones are pipelined
+        self.current: Exchange | None = None  # being parsed
+        self.tunnel: asyncio.Transport | None = None
+        self.closed = False
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._in_head = False
+        self._read_paused = False
+        self._write_paused = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._body_waiters: dict[Exchange, asyncio.Future[None]] = {}
+
+    # ------------------------------------------------------------------ transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.client_ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
+        self.ctx.connections.add(self)
+        self._arm_timer(self.ctx.header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.ctx.connections.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.tunnel is not None:
+            self.tunnel.close()
+        for ex in self.queue:
+            if ex.task is not None and not ex.task.done():
+                ex.task.cancel()  # the client went away: stop the upstream exchange too
+        for fut in self._body_waiters.values():
+            if not fut.done():
+                fut.set_result(None)
+        self.queue.clear()
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.write(data)
+            return
+        if self.queue and self.queue[-1].upgrade:
+            self.queue[-1].upgrade_data += data  # bytes after an Upgrade request, before the tunnel
+            return
+        if self._in_head:
+            self._head_bytes += len(data)
+            limit = self.ctx.max_header_bytes + self.ctx.max_url_bytes + 1024
+            if self._head_bytes > limit:
+                self._parse_failed(HeadersTooLargeError("head_over_limit"))
+                return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upg:
+            ex = self.queue[-1] if self.queue else None
+            if ex is None or not ex.upgrade:
+                self._parse_failed(BadHttpRequestError("upgrade_without_request"))
+                return
+            ex.upgrade_data = data[upg.args[0] :]
+            self.pause_reading()
+        except httptools.HttpParserCallbackError as err:
+            cause = err.__context__
+            self._parse_failed(
+                cause if isinstance(cause, GatewayError) else BadHttpRequestError("bad_request")
+            )
+        except httptools.HttpParserError:
+            self._parse_failed(BadHttpRequestError("malformed_http"))
+
+    def eof_received(self) -> bool | None:
+        # A client that stops sending has gone away as far as a proxy can tell (nginx's 499):
+        # close, which cancels the upstream exchange in connection_lost.
+        return False
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        if self.queue and self.queue[0].producer is not None:
+            self.queue[0].producer.pause_producing()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self.queue and self.queue[0].producer is not None:
+            self.queue[0].producer.resume_producing()
+
+    def pause_reading(self) -> None:
+        if not self._read_paused and self.transport is not None and not self.closed:
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._read_paused and self.transport is not None and not self.closed:
+            if len(self.queue) > 1 and self.current is None:
+                return  # pipelined requests wait their turn
+            self._read_paused = False
+            self.transport.resume_reading()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def writelines(self, data: tuple[bytes, ...]) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.writelines(data)
+
+    @property
+    def write_paused(self) -> bool:
+        return self._write_paused
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+
+    def _arm_timer(self, seconds: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(seconds, self._on_timeout)
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        if not self.queue and self.transport is not None:
+            self.transport.close()  # idle keep-alive or a slow head (slowloris)
+
+    # ------------------------------------------------------------- parser callbacks
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._head_bytes = 0
+        self._in_head = True
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.ctx.max_url_bytes:
+            raise UriTooLongError("url_over_limit")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > self.ctx.max_header_bytes + len(self._url):
+            raise HeadersTooLargeError("headers_over_limit")
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        ex = self._new_exchange()
+        self.current = ex
+        self.queue.append(ex)
+        if self._timer is not None and len(self.queue) == 1:
+            self._timer.cancel()
+            self._timer = None
+        if len(self.queue) == 1:
+            self._start(ex)
+        else:
+            self.pause_reading()  # pipelining: answer in order, read on after
+
+    def on_body(self, body: bytes) -> None:
+        if self.current is not None:
+            self.current.feed_body(body)
+
+    def on_message_complete(self) -> None:
+        ex = self.current
+        self.current = None
+        if ex is None:
+            return
+        if not ex.upgrade:
+            ex.end_of_body()
+        fut = self._body_waiters.pop(ex, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    # ------------------------------------------------------------ request building
+    def _new_exchange(self) -> Exchange:
+        p = self.parser
+        method = p.get_method().decode("ascii", "replace")
+        version = p.get_http_version().encode()
+        headers = self._headers
+        hosts = [v for n, v in headers if n == b"host"]
+        if self._url.startswith(b"/"):
+            path, _, query = self._url.partition(b"?")
+            host: bytes | None = hosts[0] if hosts else None
+        else:
+            path, query, host = _absolute_form(self._url)
+        keep_alive = _keep_alive(version, headers) and not self.ctx.draining
+        rid = wire.request_id(_first(headers, b"x-request-id"))
+        ex = Exchange(
+            self,
+            method,
+            path.decode("latin-1"),
+            query.decode("latin-1"),
+            headers,
+            version,
+            keep_alive,
+            host.decode("latin-1").lower() if host is not None else None,
+            rid,
+        )
+        ex.preset_error = _check_head(ex, hosts, path) if not method == "CONNECT" else None
+        if method == "CONNECT":
+            ex.preset_error = BadHttpRequestError("connect_not_supported")
+        self._set_body_mode(ex)
+        if self.ctx.in_flight >= self.ctx.max_in_flight and ex.preset_error is None:
+            from gateway.errors import OverloadedError
+
+            ex.preset_error = OverloadedError("max_in_flight")
+        return ex
+
+    def _set_body_mode(self, ex: Exchange) -> None:
+        te = _first(ex.headers, b"transfer-encoding")
+        cl = _first(ex.headers, b"content-length")
+        if te is not None:
+            ex.body_mode = BODY_CHUNKED
+            ex.body_complete = False
+        elif cl is not None:
+            ex.content_length = int(cl)
+            if ex.content_length > 0:
+                ex.body_mode = BODY_LENGTH
+                ex.body_complete = False
+        expect = _first(ex.headers, b"expect")
+        if expect is not None:
+            if expect.lower() == b"100-continue":
+                ex.expect_continue = ex.version == b"1.1"
+            elif ex.preset_error is None:
+                ex.preset_error = BadHttpRequestError("unsupported_expectation")
+        upgrade = _first(ex.headers, b"upgrade")
+        if upgrade is not None and b"upgrade" in wire.connection_tokens(ex.headers):
+            ex.upgrade = True
+            ex.keep_alive = False
+
+    # ---------------------------------------------------------------- answering
+    def _start(self, ex: Exchange) -> None:
+        self.ctx.in_flight += 1
+        task = self.loop.create_task(self._run(ex))
+        ex.task = task
+
+    async def _run(self, ex: Exchange) -> None:
+        try:
+            await self.ctx.handler(ex)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self.ctx.in_flight -= 1
+            if not ex.finished:
+                ex.abort()
+
+    def exchange_finished(self, ex: Exchange) -> None:
+        """The answer to queue[0] is complete: close, or move to the next pipelined request."""
+        if not self.queue or self.queue[0] is not ex:
+            return
+        self.queue.popleft()
+        if not ex.keep_alive or self.ctx.draining:
+            if self.transport is not None and not self.closed:
+                self.transport.close()
+            return
+        if self.queue:
+            self._start(self.queue[0])
+        else:
+            self._arm_timer(self.ctx.keepalive_timeout)
+        if self.current is None or not self.queue:
+            self.resume_reading()
+
+    def _parse_failed(self, exc: GatewayError) -> None:
+        """A request could not be parsed: answer it in turn, then close."""
+        self.pause_reading()
+        self._in_head = False
+        if self.current is not None and self.current in self.queue:
+            ex = self.current  # failure inside a body: its own handler sees the error
+            ex.keep_alive = False
+            if ex.preset_error is None and ex.body_error is None:
+                ex._fail_body(exc)
+            self.current = None
+            return
+        ex = Exchange(self, "GET", "/", "", [], b"1.1", False, None, wire.request_id(None))
+        ex.preset_error = exc
+        self.queue.append(ex)
+        if len(self.queue) == 1:
+            self._start(ex)
+
+    async def wait_body(self, ex: Exchange) -> None:
+        """Until the whole request body has arrived (or failed, or the client left)."""
+        if ex.body_complete or ex.body_error is not None or self.closed:
+            return
+        fut = self.loop.create_future()
+        self._body_waiters[ex] = fut
+        self.resume_reading()
+        await fut
+
+    def wake_body_waiter(self, ex: Exchange) -> None:
+        fut = self._body_waiters.pop(ex, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def start_tunnel(self, upstream: asyncio.Transport, ex: Exchange) -> None:
+        """After `101`: bytes flow both ways untouched."""
+        self.tunnel = upstream
+        if ex.upgrade_data:
+            upstream.write(ex.upgrade_data)
+            ex.upgrade_data = b""
+        self._read_paused = True
+        self.resume_reading_tunnel()
+
+    def resume_reading_tunnel(self) -> None:
+        if self.transport is not None and not self.closed and self._read_paused:
+            self._read_paused = False
+            self.transport.resume_reading()
+
+
+def _first(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    for n, v in headers:
+        if n == name:
+            return v
+    return None
+
+
+def _keep_alive(version: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
+    tokens = wire.connection_tokens(headers)
+    if b"close" in tokens:
+        return False
+    return version == b"1.1" or b"keep-alive" in tokens
+
+
+def _absolute_form(url: bytes) -> tuple[bytes, bytes, bytes | None]:
+    """`http://host[:port]/path?q` -> (path, query, host); anything else is refused later."""
+    lower = url[:8].lower()
+    for scheme in (b"http://", b"https://"):
+        if lower.startswith(scheme):
+            rest = url[len(scheme) :]
+            slash = rest.find(b"/")
+            authority, target = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
+            path, _, query = target.partition(b"?")
+            return path, query, authority.rpartition(b"@")[2] or None
+    return url, b"", None
+
+
+def _check_head(ex: Exchange, hosts: list[bytes], path: bytes) -> GatewayError | None:
+    """Framing and target checks llhttp leaves to us."""
+    if not path.startswith(b"/"):
+        return BadHttpRequestError("bad_request_target")
+    if len(hosts) > 1 or (ex.version == b"1.1" and not hosts):
+        return BadHttpRequestError("bad_host_header")
+    te = [v for n, v in ex.headers if n == b"transfer-encoding"]
+    cl = [v for n, v in ex.headers if n == b"content-length"]
+    if te and (cl or len(te) > 1 or te[0].strip().lower() != b"chunked" or ex.version != b"1.1"):
+        return BadHttpRequestError("bad_transfer_encoding")
+    if len(cl) > 1 or (cl and not cl[0].isdigit()):
+        return BadHttpRequestError("bad_content_length")
+    return None
+
+
+def make_protocol_factory(ctx: ServerContext) -> Callable[[], HttpServerProtocol]:
+    def factory() -> HttpServerProtocol:
+        return HttpServerProtocol(ctx)
+
+    return factory
+
+
+def _unused(*_: Any) -> None:  # pragma: no cover - keeps Any import honest for typing helpers
+    return None

@@ -1,0 +1,109 @@
+"""Everything built from one config that the data path reads: routes, validator, pools, logs.
+
+A reload builds a new Runtime; caches (the validator) and unchanged upstream pools carry over.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import structlog
+
+from gateway.authn.validator import TokenValidator
+from gateway.authz import AppRegistry
+from gateway.config.models import GatewayConfig
+from gateway.errors import GatewayError
+from gateway.extract import ExtractPolicy, strip_credentials_query
+from gateway.forward import Forwarder
+from gateway.http.exchange import Exchange
+from gateway.http.upstream import UpstreamPool
+from gateway.logs import AccessLog, use_json
+from gateway.metrics import Metrics
+from gateway.pipeline import Pipeline
+from gateway.routing import Route, RouteTable
+
+log = structlog.get_logger("gateway")
+
+
+class Runtime:
+    """The objects one config produces; read-only for the data path."""
+
+    def __init__(
+        self,
+        cfg: GatewayConfig,
+        validator: TokenValidator,
+        metrics: Metrics,
+        pools: dict[str, UpstreamPool] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.validator = validator
+        self.metrics = metrics
+        self.realm = cfg.realm
+        self.session_path = cfg.session_path
+        self.routes = RouteTable.from_config(cfg)
+        self.apps = AppRegistry.from_config(cfg)
+        old = pools or {}
+        self.pools = {
+            name: old[name] if name in old and old[name].cfg == u else UpstreamPool(name, u)
+            for name, u in cfg.upstreams.items()
+        }
+        self.forwarder = Forwarder(cfg, self.pools)
+        self.access = AccessLog(cfg.log.access, use_json(cfg.log))
+        self._policies: dict[str | None, ExtractPolicy] = {}
+        for route in self.routes.routes:
+            self._policies[route.name] = ExtractPolicy(
+                query_allowed=cfg.tokens.query_param and route.query_token,
+                form_allowed=cfg.tokens.form_param,
+            )
+        self._policies[None] = ExtractPolicy(
+            query_allowed=cfg.tokens.query_param, form_allowed=cfg.tokens.form_param
+        )
+        self.pipeline = Pipeline(self)
+
+    def extract_policy(self, route: Route | None) -> ExtractPolicy:
+        return self._policies[route.name if route is not None else None]
+
+    def observe(self, ex: Exchange, route: Route | None, error: GatewayError | None) -> None:
+        """Metrics and the access-log line for one finished (or failed) exchange."""
+        seconds = time.monotonic() - ex.started_at
+        name = (
+            route.name
+            if route is not None
+            else ("session" if ex.raw_path == self.session_path else "none")
+        )
+        status = ex.status or 499
+        self.metrics.observe(name, ex.method, status, seconds)
+        if error is not None:
+            self.metrics.denials.labels(name, error.reason).inc()
+            if error.status in (502, 504) and route is not None:
+                self.metrics.upstream_errors.labels(route.upstream, error.reason).inc()
+        if not self.access.enabled:
+            return
+        fields: dict[str, Any] = {
+            "event": "access",
+            "request_id": ex.request_id,
+            "client": ex.client_ip,
+            "method": ex.method,
+            "path": _loggable_path(ex),
+            "route": name,
+            "status": status,
+            "upstream": route.upstream if route is not None and error is None else None,
+            "duration_ms": round(seconds * 1000, 3),
+            "bytes": ex.bytes_sent,
+        }
+        if error is not None:
+            fields["reason"] = error.reason
+        self.access.write(fields)
+
+    async def close_pools(self, keep: dict[str, UpstreamPool] | None = None) -> None:
+        for name, pool in self.pools.items():
+            if keep is None or keep.get(name) is not pool:
+                pool.close()
+
+
+def _loggable_path(ex: Exchange) -> str:
+    """The path with credential query parameters removed; never a token."""
+    query = strip_credentials_query(ex.query) if ex.query else ""
+    path = ex.raw_path if len(ex.raw_path) <= 2048 else ex.raw_path[:2048] + "..."
+    return path + "?" + query if query else path

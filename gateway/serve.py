@@ -1,0 +1,198 @@
+"""One gateway process: main listener, admin listener, reload on SIGHUP or config change, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import signal
+import socket
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from gateway.admin import build_admin_app
+from gateway.authn.validator import TokenValidator
+from gateway.config import load_config
+from gateway.config.models import GatewayConfig
+from gateway.errors import ConfigError
+from gateway.http.server import ServerContext, make_protocol_factory
+from gateway.logs import setup_logging
+from gateway.metrics import Metrics
+from gateway.redis_conn import connect_redis
+from gateway.runtime import Runtime
+
+log = structlog.get_logger("gateway")
+_WATCH_INTERVAL = 2.0
+
+
+class Gateway:
+    """Owns the listeners and the current Runtime of one process."""
+
+    def __init__(self, cfg: GatewayConfig, config_path: str | None = None) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.metrics = Metrics()
+        self.runtime: Runtime | None = None
+        self.ctx: ServerContext | None = None
+        self.server: asyncio.Server | None = None
+        self.admin: web.AppRunner | None = None
+        self.ports: dict[str, int] = {}
+        self.draining = False
+        self._config_digest = _digest(config_path)
+        self._watch: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+
+    async def _build_validator(self, cfg: GatewayConfig) -> TokenValidator:
+        redis = connect_redis(cfg.redis) if cfg.redis is not None else None
+        validator = TokenValidator.from_config(cfg, redis)
+        await validator.start()
+        return validator
+
+    async def start(self, reuse_port: bool = False) -> None:
+        cfg = self.cfg
+        validator = await self._build_validator(cfg)
+        self.runtime = rt = Runtime(cfg, validator, self.metrics)
+        self.ctx = ctx = ServerContext(handler=rt.pipeline.handle)
+        self._apply_limits(cfg)
+        self.metrics.track_in_flight(lambda: float(ctx.in_flight))
+        loop = asyncio.get_running_loop()
+        sock = _bind(cfg.listen.host, cfg.listen.port, reuse_port)
+        self.server = await loop.create_server(make_protocol_factory(ctx), sock=sock, backlog=4096)
+        self.ports["listen"] = sock.getsockname()[1]
+        if cfg.admin is not None:
+            app = build_admin_app(self.metrics, lambda: not self.draining)
+            self.admin = web.AppRunner(app, access_log=None, handle_signals=False)
+            await self.admin.setup()
+            admin_sock = _bind(cfg.admin.host, cfg.admin.port, reuse_port)
+            await web.SockSite(self.admin, admin_sock).start()
+            self.ports["admin"] = admin_sock.getsockname()[1]
+        if self.config_path:
+            self._watch = asyncio.create_task(self._watch_config())
+        log.info("gateway_started", ports=self.ports, routes=len(rt.routes.routes))
+
+    def _apply_limits(self, cfg: GatewayConfig) -> None:
+        assert self.ctx is not None
+        self.ctx.realm = cfg.realm
+        self.ctx.max_header_bytes = cfg.limits.max_header_bytes
+        self.ctx.max_url_bytes = cfg.limits.max_url_bytes
+        self.ctx.max_in_flight = cfg.limits.max_in_flight
+
+    async def reload(self) -> bool:
+        """Swap in a new config; an invalid one is refused and the old one keeps serving."""
+        if not self.config_path or self.runtime is None or self.ctx is None:
+            return False
+        try:
+            cfg = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("config_reload_refused", problems=exc.problems)
+            self.metrics.reloads.labels("refused").inc()
+            return False
+        old = self.runtime
+        for key in ("listen", "admin", "workers", "forward_auth"):
+            if getattr(cfg, key) != getattr(old.cfg, key):
+                log.warning("config_key_needs_restart", key=key)
+        same_tokens = cfg.tokens == old.cfg.tokens and cfg.redis == old.cfg.redis
+        validator = old.validator if same_tokens else await self._build_validator(cfg)
+        if not same_tokens:
+            validator.adopt_cache(old.validator)
+        rt = Runtime(cfg, validator, self.metrics, pools=old.pools)
+        self.runtime = rt
+        self.ctx.handler = rt.pipeline.handle
+        self._apply_limits(cfg)
+        setup_logging(cfg.log)
+        await old.close_pools(keep=rt.pools)
+        if validator is not old.validator:
+            await old.validator.close()
+        self.cfg = cfg
+        self.metrics.reloads.labels("applied").inc()
+        log.info("config_reloaded", routes=len(rt.routes.routes))
+        return True
+
+    async def _watch_config(self) -> None:
+        """Kubernetes swaps ConfigMap files through a symlink: watch the content, not the inode."""
+        while True:
+            await asyncio.sleep(_WATCH_INTERVAL)
+            digest = _digest(self.config_path)
+            if digest is not None and digest != self._config_digest:
+                self._config_digest = digest
+                await self.reload()
+
+    async def drain(self) -> None:
+        """Stop accepting, let in-flight requests finish up to shutdown_timeout, close."""
+        if self.draining:
+            return
+        self.draining = True
+        assert self.ctx is not None and self.runtime is not None
+        ctx = self.ctx
+        ctx.draining = True
+        if self.server is not None:
+            self.server.close()
+        for conn in list(ctx.connections):
+            if not conn.queue and conn.transport is not None:
+                conn.transport.close()  # idle keep-alive connections go now
+        deadline = asyncio.get_running_loop().time() + self.cfg.shutdown_timeout
+        while ctx.in_flight > 0 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(ctx.connections):
+            conn.abort()
+        await self.close()
+
+    async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        if self.server is not None:
+            self.server.close()
+        if self.admin is not None:
+            await self.admin.cleanup()
+        if self.runtime is not None:
+            self.runtime.access.flush()
+            await self.runtime.close_pools()
+            await self.runtime.validator.close()
+        self._stopped.set()
+
+    async def run_until_signalled(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(self.drain()))
+        await self._stopped.wait()
+        log.info("gateway_stopped")
+
+
+def _bind(host: str, port: int, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.setblocking(False)
+    return sock
+
+
+def _digest(path: str | None) -> bytes | None:
+    if not path:
+        return None
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).digest()
+    except OSError:
+        return None
+
+
+def install_uvloop() -> None:
+    """uvloop when available: the data path is built for it."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def serve(cfg: GatewayConfig, config_path: str | None, reuse_port: bool = False) -> None:
+    gw = Gateway(cfg, config_path)
+    await gw.start(reuse_port=reuse_port)
+    await gw.run_until_signalled()
