@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from gateway.authn.info import TokenInfo
 from gateway.authz import authorize
 from gateway.errors import GatewayError, MissingTokenError, NoRouteError
-from gateway.extract import Credentials, extract_credentials
+from gateway.extract import Credentials, extract_credentials, strip_form_token
 from gateway.http.exchange import Exchange
 from gateway.normalize import normalize_path
 from gateway.routing import Route
@@ -82,7 +82,7 @@ class Pipeline:
         if creds.token is None:
             raise MissingTokenError("missing_token")
         if creds.in_form and form_body is not None and not (route and route.forward_token):
-            ex.replace_body(_strip_form_token(form_body))
+            ex.replace_body(strip_form_token(form_body))
         return creds
 
     async def authenticate(self, ex: Exchange, route: Route) -> TokenInfo:
@@ -100,9 +100,3 @@ class Pipeline:
 def _is_form(ex: Exchange) -> bool:
     ctype = ex.header(b"content-type")
     return ctype is not None and ctype.split(b";", 1)[0].strip().lower() == _FORM
-
-
-def _strip_form_token(body: bytes) -> bytes:
-    """The urlencoded body without its access_token field (credentials never go upstream)."""
-    parts = [p for p in body.split(b"&") if p.split(b"=", 1)[0] != b"access_token"]
-    return b"&".join(parts)

@@ -104,10 +104,20 @@ def parse_config(
         raise ConfigError(problems) from None
     if problems:
         raise ConfigError(problems)
+    _compile_routes(config)
     return config
 
 
-def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> GatewayConfig:
+def _compile_routes(config: GatewayConfig) -> None:
+    """Route paths must survive normalisation; the route table reports the ones that do not."""
+    from gateway.routing import RouteTable  # routing depends on the models, not on the loader
+
+    RouteTable.from_config(config)
+
+
+def load_config(
+    path: str | os.PathLike[str], env: Mapping[str, str] | None = None
+) -> GatewayConfig:
     """Read, substitute and validate a YAML config file."""
     p = Path(path)
     try:

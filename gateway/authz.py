@@ -1,0 +1,108 @@
+"""Authorization of an authenticated request, no I/O: appsecret_proof, then grants, then scopes.
+
+The proof comes first so that a token thief without the app secret learns nothing about scopes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass
+
+from gateway.authn.info import TokenInfo
+from gateway.config.models import GatewayConfig
+from gateway.errors import (
+    InsufficientGrantError,
+    InsufficientScopeError,
+    InvalidProofError,
+    InvalidRequestError,
+)
+from gateway.extract import Credentials
+from gateway.proof import proof_message
+from gateway.routing import Route
+
+_TIME = re.compile(r"-?[0-9]{1,12}")
+_HEX = frozenset("0123456789abcdef")
+
+
+@dataclass(slots=True, frozen=True)
+class App:
+    """An app's keyed HMACs (one per secret, copied per request) and its proof_max_age."""
+
+    client_id: str
+    keyed: tuple[hmac.HMAC, ...]
+    proof_max_age: float
+
+    def matches(self, message: bytes, proof: bytes) -> bool:
+        """Constant-time check of `proof` against every secret, without stopping at a match."""
+        ok = False
+        for base in self.keyed:
+            mac = base.copy()
+            mac.update(message)
+            ok |= hmac.compare_digest(mac.hexdigest().encode("ascii"), proof)
+        return ok
+
+
+class AppRegistry:
+    """The apps of the config, keyed by client_id."""
+
+    __slots__ = ("_apps",)
+
+    def __init__(self, apps: dict[str, App]) -> None:
+        self._apps = apps
+
+    @classmethod
+    def from_config(cls, cfg: GatewayConfig) -> AppRegistry:
+        """Key one HMAC per secret once, at load time."""
+        apps = {
+            a.client_id: App(
+                client_id=a.client_id,
+                keyed=tuple(
+                    hmac.new(s.get_secret_value().encode("utf-8"), digestmod=hashlib.sha256)
+                    for s in a.secrets
+                ),
+                proof_max_age=a.proof_max_age,
+            )
+            for a in cfg.apps
+        }
+        return cls(apps)
+
+    def get(self, client_id: str | None) -> App | None:
+        """The app of a token's client_id, or None."""
+        return self._apps.get(client_id) if client_id else None
+
+
+def authorize(
+    info: TokenInfo, route: Route, creds: Credentials, apps: AppRegistry, now: float
+) -> None:
+    """Raise the SPEC section 4 error when the token may not use the route; return otherwise."""
+    if route.appsecret_proof != "off":
+        check_proof(info, route, creds, apps, now)
+    if route.grants is not None and info.grant not in route.grants:
+        raise InsufficientGrantError(reason="grant_not_allowed")
+    if not route.required_scopes <= info.scopes:
+        raise InsufficientScopeError(route.scopes, reason="scope_missing")
+
+
+def check_proof(
+    info: TokenInfo, route: Route, creds: Credentials, apps: AppRegistry, now: float
+) -> None:
+    """SPEC section 5: a missing proof is 400 when required; a wrong one is always 403."""
+    if creds.proof is None:
+        if route.appsecret_proof == "required":
+            raise InvalidRequestError(reason="proof_missing")
+        return
+    time = creds.proof_time
+    if time is not None and not _TIME.fullmatch(time):
+        raise InvalidRequestError(reason="proof_time_malformed")
+    app = apps.get(info.client_id)
+    if app is None or creds.token is None:
+        raise InvalidProofError(reason="proof_unknown_app")
+    if time is not None and abs(now - int(time)) > app.proof_max_age:
+        raise InvalidProofError(reason="proof_time_out_of_range")
+    proof = creds.proof.lower()
+    if not proof or not _HEX.issuperset(proof):
+        raise InvalidProofError(reason="proof_malformed")
+    if not app.matches(proof_message(creds.token, time), proof.encode("ascii")):
+        raise InvalidProofError(reason="proof_mismatch")

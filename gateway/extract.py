@@ -1,0 +1,186 @@
+"""RFC 6750 credential extraction: bearer token from header, query or form; appsecret_proof params.
+
+Errors are InvalidRequestError with a stable reason; no message ever carries a token value.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import unquote_plus
+
+from gateway.errors import InvalidRequestError
+
+MAX_TOKEN_LENGTH = 8192
+_TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+#: RFC 7235 credentials: auth-scheme [ 1*SP rest ]; the scheme is an RFC 7230 token.
+_AUTHORIZATION = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+)(?: +(.*))?", re.DOTALL)
+_OWS = b" \t"
+_BEARER_PARAM = "access_token"
+_PROOF_PARAM = "appsecret_proof"
+_TIME_PARAM = "appsecret_time"
+_CREDENTIAL_PARAMS = frozenset({_BEARER_PARAM, _PROOF_PARAM, _TIME_PARAM})
+
+
+@dataclass(slots=True, frozen=True)
+class ExtractPolicy:
+    """Where a route accepts a token besides the Authorization header."""
+
+    query_allowed: bool  # tokens.query_param and route.query_token
+    form_allowed: bool  # tokens.form_param
+
+
+@dataclass(slots=True)
+class Credentials:
+    """What the client sent: the bearer token (None if absent) and appsecret_proof parameters."""
+
+    token: str | None
+    in_query: bool
+    in_form: bool
+    proof: str | None
+    proof_time: str | None
+
+
+def _param_name(part: str) -> str:
+    """The decoded name of one `name=value` pair (names are decoded as any framework would)."""
+    name = part.partition("=")[0]
+    return unquote_plus(name) if "%" in name or "+" in name else name
+
+
+def _may_hold_credentials(query: str) -> bool:
+    return "access_token" in query or "appsecret_" in query or "%" in query
+
+
+def _query_params(query: str, names: frozenset[str]) -> dict[str, list[str]]:
+    """Decoded values of the parameters in `names`, in order; other parameters are skipped."""
+    found: dict[str, list[str]] = {}
+    if not _may_hold_credentials(query):
+        return found
+    for part in query.split("&"):
+        name = _param_name(part)
+        if name in names:
+            value = part.partition("=")[2]
+            if "%" in value or "+" in value:
+                value = unquote_plus(value)
+            found.setdefault(name, []).append(value)
+    return found
+
+
+def _check_token(token: str) -> str:
+    if not token:
+        raise InvalidRequestError(reason="token_empty")
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise InvalidRequestError(reason="token_too_long")
+    if not _TOKEN68.fullmatch(token):
+        raise InvalidRequestError(reason="token_malformed")
+    return token
+
+
+def _bearer(value: bytes) -> str | None:
+    """The token of an `Authorization: Bearer` value; None for another scheme."""
+    match = _AUTHORIZATION.fullmatch(value.strip(_OWS))
+    if match is None:
+        raise InvalidRequestError(reason="authorization_malformed")
+    if match.group(1).lower() != b"bearer":
+        return None
+    credentials = match.group(2)
+    if not credentials:
+        raise InvalidRequestError(reason="bearer_malformed")
+    if len(credentials) > MAX_TOKEN_LENGTH:
+        raise InvalidRequestError(reason="token_too_long")
+    return _check_token(credentials.decode("latin-1"))
+
+
+def _one(values: list[str] | None, header: list[str], what: str) -> str | None:
+    """The single value of a parameter sent in the query and/or a header; conflicts are 400."""
+    if values and len(values) > 1:
+        raise InvalidRequestError(reason=f"{what}_repeated")
+    if len(header) > 1:
+        raise InvalidRequestError(reason=f"{what}_repeated")
+    query_value = values[0] if values else None
+    header_value = header[0] if header else None
+    if query_value is not None and header_value is not None and query_value != header_value:
+        raise InvalidRequestError(reason=f"{what}_conflict")
+    return query_value if query_value is not None else header_value
+
+
+def _single_token(values: list[str] | None) -> str | None:
+    if not values:
+        return None
+    if len(values) > 1:
+        raise InvalidRequestError(reason="token_repeated")
+    return _check_token(values[0])
+
+
+def _scan_headers(
+    headers: Sequence[tuple[bytes, bytes]],
+) -> tuple[str | None, list[str], list[str]]:
+    """The Authorization bearer token and every X-Appsecret-Proof / -Time value, in order."""
+    token: str | None = None
+    authorizations = 0
+    proofs: list[str] = []
+    times: list[str] = []
+    for name, value in headers:
+        if name == b"authorization":
+            authorizations += 1
+            if authorizations > 1:
+                raise InvalidRequestError(reason="authorization_repeated")
+            token = _bearer(value)
+        elif name == b"x-appsecret-proof":
+            proofs.append(value.strip(_OWS).decode("latin-1"))
+        elif name == b"x-appsecret-time":
+            times.append(value.strip(_OWS).decode("latin-1"))
+    return token, proofs, times
+
+
+def extract_credentials(
+    headers: Sequence[tuple[bytes, bytes]],
+    query: str,
+    policy: ExtractPolicy,
+    form_body: bytes | None = None,
+) -> Credentials:
+    """Find the bearer token and appsecret_proof parameters; raise InvalidRequestError if unclear.
+
+    `headers` have lower-cased names; `query` is the raw query string (no `?`); `form_body` is
+    the body of an `application/x-www-form-urlencoded` request, when the caller read it.
+    """
+    header_token, proofs, times = _scan_headers(headers)
+    params = _query_params(query, _CREDENTIAL_PARAMS)
+    query_token = _single_token(params.get(_BEARER_PARAM))
+    if query_token is not None and not policy.query_allowed:
+        raise InvalidRequestError(reason="token_in_query_refused")
+    form_token = _form_token(form_body) if policy.form_allowed and form_body else None
+    sent = [t for t in (header_token, query_token, form_token) if t is not None]
+    if len(sent) > 1:
+        raise InvalidRequestError(reason="token_multiple_methods")
+    return Credentials(
+        token=sent[0] if sent else None,
+        in_query=query_token is not None,
+        in_form=form_token is not None,
+        proof=_one(params.get(_PROOF_PARAM), proofs, "proof"),
+        proof_time=_one(params.get(_TIME_PARAM), times, "proof_time"),
+    )
+
+
+def _form_token(body: bytes) -> str | None:
+    params = _query_params(body.decode("latin-1"), frozenset({_BEARER_PARAM}))
+    return _single_token(params.get(_BEARER_PARAM))
+
+
+def strip_credentials_query(query: str) -> str:
+    """`query` without access_token / appsecret_proof / appsecret_time; the rest byte-identical."""
+    if not _may_hold_credentials(query):
+        return query
+    parts = query.split("&")
+    kept = [p for p in parts if _param_name(p) not in _CREDENTIAL_PARAMS]
+    return query if len(kept) == len(parts) else "&".join(kept)
+
+
+def strip_form_token(body: bytes) -> bytes:
+    """A urlencoded body without the access_token field(s) that extract_credentials reads."""
+    if b"access_token" not in body and b"%" not in body:
+        return body
+    parts = body.split(b"&")
+    kept = [p for p in parts if _param_name(p.decode("latin-1")) != _BEARER_PARAM]
+    return body if len(kept) == len(parts) else b"&".join(kept)

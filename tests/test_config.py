@@ -1,0 +1,167 @@
+"""Config loading: every SPEC section 2 key, substitution, *_file keys, units, error paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import load_config, parse_config
+from gateway.config.units import parse_duration, parse_size
+from gateway.demo import demo_config
+from gateway.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).parent.parent / "config"
+EXAMPLE_ENV = {
+    "INTROSPECTION_SECRET": "s",
+    "WEB_APP_SECRET": "w",
+    "REDIS_URL": "redis://127.0.0.1:6379/0",
+    "INTROSPECTION_URL": "https://idp.example/introspect",
+}
+
+
+def _problems(data: object, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as err:
+        parse_config(data, env or {})
+    return err.value.problems
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("250ms", 0.25), ("2s", 2), ("5m", 300), ("6h", 21600), ("365d", 31536000), (30, 30), ("1.5s", 1.5)],
+)
+def test_durations(text, seconds):
+    """Durations accept ms/s/m/h/d suffixes and plain seconds."""
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [(100, 100), ("16KiB", 16384), ("10MB", 10_000_000), ("1GiB", 1024**3), ("2KB", 2000)],
+)
+def test_sizes(text, size):
+    """Sizes accept bytes, powers of 1000 (KB/MB/GB) and of 1024 (KiB/MiB/GiB)."""
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("bad", ["5q", "-1s", "", "s", True, "1 2s"])
+def test_bad_durations(bad):
+    """Malformed durations are refused."""
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(bad)
+
+
+def test_defaults_match_spec():
+    """An empty config yields SPEC section 2 defaults."""
+    cfg = parse_config({}, {})
+    assert (cfg.listen.host, cfg.listen.port) == ("0.0.0.0", 8080)
+    assert (cfg.admin.host, cfg.admin.port) == ("127.0.0.1", 9901)
+    assert cfg.limits.max_header_bytes == 16 * 1024
+    assert cfg.limits.max_body == 10 * 1024**2
+    assert cfg.tokens.cache.ttl == 300
+    assert cfg.tokens.grant.values["token"] == "implicit"
+    assert cfg.session_path == "/oauth20/access-token"
+    assert cfg.shutdown_timeout == 30
+
+
+def test_env_substitution_and_defaults():
+    """${VAR} is replaced, ${VAR:-default} falls back, an unset ${VAR} is an error."""
+    data = {"redis": {"url": "redis://${HOST}:${PORT:-6379}/0", "key_prefix": "${PFX:-gw:}"}}
+    cfg = parse_config(data, {"HOST": "cache"})
+    assert cfg.redis.url == "redis://cache:6379/0"
+    assert cfg.redis.key_prefix == "gw:"
+    assert _problems(data, {}) == ["redis.url: environment variable HOST is not set"]
+
+
+def test_file_keys_read_secrets(tmp_path):
+    """A key ending in _file takes its value from that file."""
+    secret = tmp_path / "secret"
+    secret.write_text("s3cr3t\n")
+    data = {
+        "tokens": {
+            "sources": [
+                {
+                    "type": "introspection",
+                    "url": "http://idp/introspect",
+                    "client_id": "gw",
+                    "client_secret_file": str(secret),
+                }
+            ]
+        }
+    }
+    cfg = parse_config(data, {})
+    assert cfg.tokens.sources[0].client_secret.get_secret_value() == "s3cr3t"
+    data["tokens"]["sources"][0]["client_secret_file"] = str(tmp_path / "missing")
+    assert "client_secret_file: cannot read" in _problems(data)[0]
+
+
+def test_empty_secrets_dropped_and_app_without_secret_refused():
+    """Empty strings in secrets are dropped; an app left with none is an error."""
+    apps = [{"client_id": "a", "secrets": ["${NEW}", "${OLD:-}"]}]
+    cfg = parse_config({"apps": apps}, {"NEW": "n"})
+    assert [s.get_secret_value() for s in cfg.apps[0].secrets] == ["n"]
+    assert _problems({"apps": [{"client_id": "a", "secrets": ["${OLD:-}"]}]}) == [
+        "apps[0].secrets: an app needs at least one non-empty secret"
+    ]
+
+
+def test_every_error_names_its_key_path():
+    """All problems are reported at once, each with its key path."""
+    data = {
+        "upstreams": {"api": {"url": "http://127.0.0.1:9000"}, "bad": {"url": "ftp://x"}},
+        "limits": {"max_body": "lots"},
+        "tokens": {"sources": [{"type": "jwt", "jwks_url": "x", "issuer": "i"}]},
+        "routes": [
+            {"name": "a", "path": "/a", "upstream": "api"},
+            {"name": "b", "path": "/b", "upstream": "api"},
+            {"name": "c", "path": "/c", "upstream": "api2"},
+            {"name": "d", "path": "/d", "path_prefix": "/d", "upstream": "api"},
+            {"name": "e", "path": "/e", "upstream": "api", "grants": ["nope"], "colour": 1},
+        ],
+    }
+    problems = _problems(data)
+    text = "\n".join(problems)
+    assert "routes[2].upstream: no upstream named 'api2'" in problems
+    assert "limits.max_body: invalid size 'lots'" in text
+    assert "tokens.sources[0].audience: Field required" in problems
+    assert "upstreams.bad: " in text
+    assert "routes[3]: give exactly one of `path`, `path_prefix`, `path_regex`" in problems
+    assert "routes[4].grants: unknown grant(s) ['nope']" in text
+    assert "routes[4].colour: Extra inputs are not permitted" in problems
+
+
+@pytest.mark.parametrize("name", ["standalone.yaml", "demo.yaml"])
+def test_example_configs_are_valid(name, monkeypatch):
+    """The examples in config/ load (the sidecar one is checked with its secret file below)."""
+    for key, value in EXAMPLE_ENV.items():
+        monkeypatch.setenv(key, value)
+    cfg = load_config(CONFIG_DIR / name, env={**EXAMPLE_ENV})
+    assert cfg.routes
+
+
+def test_sidecar_example_reads_secret_file(tmp_path):
+    """The sidecar example's *_file key is what Kubernetes mounts."""
+    text = (CONFIG_DIR / "sidecar.yaml").read_text()
+    secret = tmp_path / "s"
+    secret.write_text("x")
+    path = tmp_path / "c.yaml"
+    path.write_text(text.replace("/var/run/secrets/gateway/introspection-client-secret", str(secret)))
+    cfg = load_config(path, env=EXAMPLE_ENV)
+    assert cfg.tokens.sources[1].client_secret.get_secret_value() == "x"
+
+
+def test_demo_example_matches_embedded_demo():
+    """config/demo.yaml shows the same routes and policies as `gateway demo` runs."""
+    shipped = load_config(CONFIG_DIR / "demo.yaml", env={})
+    embedded = parse_config(demo_config(8080, "http://127.0.0.1:1", "http://127.0.0.1:2"), {})
+    assert shipped.routes == embedded.routes
+    assert shipped.apps == embedded.apps
+    assert shipped.limits == embedded.limits
+
+
+def test_invalid_yaml_is_a_config_error(tmp_path):
+    """Broken YAML is reported as a config error, not a traceback."""
+    path = tmp_path / "c.yaml"
+    path.write_text("routes: [\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(path)
