@@ -16,6 +16,7 @@ from gateway.config.models import GatewayConfig
 from gateway.errors import GatewayError
 from gateway.extract import ExtractPolicy, strip_credentials_query
 from gateway.forward import Forwarder
+from gateway.forward_auth import ForwardAuthHandler
 from gateway.http.exchange import Exchange
 from gateway.http.upstream import UpstreamPool
 from gateway.logs import AccessLog, use_json
@@ -60,11 +61,18 @@ class Runtime:
             query_allowed=cfg.tokens.query_param, form_allowed=cfg.tokens.form_param
         )
         self.pipeline = Pipeline(self)
+        self.decider = ForwardAuthHandler(self.pipeline)
 
     def extract_policy(self, route: Route | None) -> ExtractPolicy:
         return self._policies[route.name if route is not None else None]
 
-    def observe(self, ex: Exchange, route: Route | None, error: GatewayError | None) -> None:
+    def observe(
+        self,
+        ex: Exchange,
+        route: Route | None,
+        error: GatewayError | None,
+        forwarded: bool = True,
+    ) -> None:
         """Metrics and the access-log line for one finished (or failed) exchange."""
         seconds = time.monotonic() - ex.started_at
         name = (
@@ -88,7 +96,7 @@ class Runtime:
             "path": _loggable_path(ex),
             "route": name,
             "status": status,
-            "upstream": route.upstream if route is not None and error is None else None,
+            "upstream": route.upstream if route and forwarded and error is None else None,
             "duration_ms": round(seconds * 1000, 3),
             "bytes": ex.bytes_sent,
         }

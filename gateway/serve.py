@@ -36,6 +36,8 @@ class Gateway:
         self.metrics = Metrics()
         self.runtime: Runtime | None = None
         self.ctx: ServerContext | None = None
+        self.fa_ctx: ServerContext | None = None
+        self.servers: list[asyncio.Server] = []
         self.server: asyncio.Server | None = None
         self.admin: web.AppRunner | None = None
         self.ports: dict[str, int] = {}
@@ -60,7 +62,15 @@ class Gateway:
         loop = asyncio.get_running_loop()
         sock = _bind(cfg.listen.host, cfg.listen.port, reuse_port)
         self.server = await loop.create_server(make_protocol_factory(ctx), sock=sock, backlog=4096)
+        self.servers.append(self.server)
         self.ports["listen"] = sock.getsockname()[1]
+        if cfg.forward_auth is not None:
+            self.fa_ctx = ServerContext(handler=rt.decider.handle)
+            fa_sock = _bind(cfg.forward_auth.host, cfg.forward_auth.port, reuse_port)
+            self.servers.append(
+                await loop.create_server(make_protocol_factory(self.fa_ctx), sock=fa_sock)
+            )
+            self.ports["forward_auth"] = fa_sock.getsockname()[1]
         if cfg.admin is not None:
             app = build_admin_app(self.metrics, lambda: not self.draining)
             self.admin = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -72,12 +82,15 @@ class Gateway:
             self._watch = asyncio.create_task(self._watch_config())
         log.info("gateway_started", ports=self.ports, routes=len(rt.routes.routes))
 
+    def _contexts(self) -> list[ServerContext]:
+        return [c for c in (self.ctx, self.fa_ctx) if c is not None]
+
     def _apply_limits(self, cfg: GatewayConfig) -> None:
-        assert self.ctx is not None
-        self.ctx.realm = cfg.realm
-        self.ctx.max_header_bytes = cfg.limits.max_header_bytes
-        self.ctx.max_url_bytes = cfg.limits.max_url_bytes
-        self.ctx.max_in_flight = cfg.limits.max_in_flight
+        for ctx in self._contexts():
+            ctx.realm = cfg.realm
+            ctx.max_header_bytes = cfg.limits.max_header_bytes
+            ctx.max_url_bytes = cfg.limits.max_url_bytes
+            ctx.max_in_flight = cfg.limits.max_in_flight
 
     async def reload(self) -> bool:
         """Swap in a new config; an invalid one is refused and the old one keeps serving."""
@@ -100,6 +113,8 @@ class Gateway:
         rt = Runtime(cfg, validator, self.metrics, pools=old.pools)
         self.runtime = rt
         self.ctx.handler = rt.pipeline.handle
+        if self.fa_ctx is not None:
+            self.fa_ctx.handler = rt.decider.handle
         self._apply_limits(cfg)
         setup_logging(cfg.log)
         await old.close_pools(keep=rt.pools)
@@ -124,19 +139,21 @@ class Gateway:
         if self.draining:
             return
         self.draining = True
-        assert self.ctx is not None and self.runtime is not None
-        ctx = self.ctx
-        ctx.draining = True
-        if self.server is not None:
-            self.server.close()
-        for conn in list(ctx.connections):
-            if not conn.queue and conn.transport is not None:
-                conn.transport.close()  # idle keep-alive connections go now
-        deadline = asyncio.get_running_loop().time() + self.cfg.shutdown_timeout
-        while ctx.in_flight > 0 and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.05)
-        for conn in list(ctx.connections):
-            conn.abort()
+        contexts = self._contexts()
+        for server in self.servers:
+            server.close()
+        for ctx in contexts:
+            ctx.draining = True
+            for conn in list(ctx.connections):
+                if not conn.queue and conn.transport is not None:
+                    conn.transport.close()  # idle keep-alive connections go now
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.cfg.shutdown_timeout
+        while any(c.in_flight for c in contexts) and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        for ctx in contexts:
+            for conn in list(ctx.connections):
+                conn.abort()
         await self.close()
 
     async def close(self) -> None:
@@ -144,8 +161,8 @@ class Gateway:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
-        if self.server is not None:
-            self.server.close()
+        for server in self.servers:
+            server.close()
         if self.admin is not None:
             await self.admin.cleanup()
         if self.runtime is not None:
