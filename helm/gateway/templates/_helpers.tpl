@@ -1,0 +1,219 @@
+{{/*
+Chart name, truncated to 63 characters (the DNS label limit of Kubernetes names).
+*/}}
+{{- define "gateway.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Fully qualified app name: the release name, with the chart name appended unless the release
+name already contains it.
+*/}}
+{{- define "gateway.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Chart name and version, for the helm.sh/chart label.
+*/}}
+{{- define "gateway.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Common labels.
+*/}}
+{{- define "gateway.labels" -}}
+helm.sh/chart: {{ include "gateway.chart" . }}
+{{ include "gateway.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | trunc 63 | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: {{ .Values.mode }}
+{{- end }}
+
+{{/*
+Selector labels: stable for the life of a release (a Deployment's selector is immutable).
+*/}}
+{{- define "gateway.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "gateway.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Name of the service account to use.
+*/}}
+{{- define "gateway.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "gateway.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The gateway image reference: repository@digest, or repository:tag (tag defaults to appVersion).
+*/}}
+{{- define "gateway.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion | toString) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The application image (sidecar mode).
+*/}}
+{{- define "gateway.appImage" -}}
+{{- $repo := required "app.image.repository is required in sidecar mode" .Values.app.image.repository }}
+{{- if .Values.app.image.tag }}
+{{- printf "%s:%s" $repo (.Values.app.image.tag | toString) }}
+{{- else }}
+{{- $repo }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of the Secret the pods read: existingSecret, or the one this chart creates.
+*/}}
+{{- define "gateway.secretName" -}}
+{{- .Values.secrets.existingSecret | default (include "gateway.fullname" .) }}
+{{- end }}
+
+{{/*
+The rendered gateway configuration and the Secret references it needs, as one YAML document:
+
+  config:  gateway.yaml (SPEC section 2)
+  refs:    [{env, key, optional}] environment variables of the gateway container filled from the
+           Secret, each named by a ${VAR} (or ${VAR:-}) placed in `config`
+
+Both the ConfigMap and the Deployment read this one definition, so a ${VAR} in the config
+always has its env var in the container.
+*/}}
+{{- define "gateway.rendered" -}}
+{{- $v := .Values }}
+{{- $cfg := deepCopy ($v.config | default dict) }}
+{{- $refs := list }}
+{{- /* Listeners: the chart owns the ports (probes, Service and NetworkPolicy use them). */}}
+{{- $_ := set $cfg "listen" (dict "host" "0.0.0.0" "port" (int $v.ports.http)) }}
+{{- $_ := set $cfg "admin" (dict "host" "0.0.0.0" "port" (int $v.ports.admin)) }}
+{{- if $v.forwardAuth.enabled }}
+{{- $_ := set $cfg "forward_auth" (dict "host" "0.0.0.0" "port" (int $v.forwardAuth.port)) }}
+{{- end }}
+{{- /* The upstream named `app`: the application container, or upstream.url / targets. */}}
+{{- $app := dict "connect_timeout" $v.upstream.connectTimeout "timeout" $v.upstream.timeout }}
+{{- if eq $v.mode "sidecar" }}
+{{- $_ := set $app "url" (printf "http://127.0.0.1:%d" (int $v.app.port)) }}
+{{- else if $v.upstream.targets }}
+{{- $_ := set $app "targets" $v.upstream.targets }}
+{{- else }}
+{{- $_ := set $app "url" (required "upstream.url (or upstream.targets) is required in standalone mode" $v.upstream.url) }}
+{{- end }}
+{{- $upstreams := deepCopy (get $cfg "upstreams" | default dict) }}
+{{- $_ := set $upstreams "app" $app }}
+{{- $_ := set $cfg "upstreams" $upstreams }}
+{{- /* Routes without an upstream go to `app`. */}}
+{{- $routes := list }}
+{{- range $r := (get $cfg "routes" | default list) }}
+{{- $route := deepCopy $r }}
+{{- if not (hasKey $route "upstream") }}
+{{- $_ := set $route "upstream" "app" }}
+{{- end }}
+{{- $routes = append $routes $route }}
+{{- end }}
+{{- $_ := set $cfg "routes" $routes }}
+{{- /* Redis. */}}
+{{- if or $v.redis.url $v.redis.urlSecretKey }}
+{{- $redis := dict "key_prefix" ($v.redis.keyPrefix | toString) }}
+{{- if $v.redis.urlSecretKey }}
+{{- $_ := set $redis "url" "${REDIS_URL}" }}
+{{- $refs = append $refs (dict "env" "REDIS_URL" "key" $v.redis.urlSecretKey "optional" false) }}
+{{- else }}
+{{- $_ := set $redis "url" $v.redis.url }}
+{{- end }}
+{{- if $v.redis.cluster }}
+{{- $_ := set $redis "cluster" true }}
+{{- end }}
+{{- $_ := set $cfg "redis" $redis }}
+{{- end }}
+{{- /* Token sources: introspection client secrets come from the Secret unless given. */}}
+{{- $tokens := deepCopy (get $cfg "tokens" | default dict) }}
+{{- $sources := list }}
+{{- range $i, $s := (get $tokens "sources" | default (list (dict "type" "store"))) }}
+{{- $src := omit $s "clientSecretKey" }}
+{{- if and (eq (get $s "type" | toString) "introspection") (not (hasKey $s "client_secret")) (not (hasKey $s "client_secret_file")) }}
+{{- $env := printf "INTROSPECTION_CLIENT_SECRET_%d" $i }}
+{{- $_ := set $src "client_secret" (printf "${%s}" $env) }}
+{{- $refs = append $refs (dict "env" $env "key" (get $s "clientSecretKey" | default $v.introspection.clientSecretKey) "optional" false) }}
+{{- end }}
+{{- $sources = append $sources $src }}
+{{- end }}
+{{- $_ := set $tokens "sources" $sources }}
+{{- $_ := set $cfg "tokens" $tokens }}
+{{- /* Apps for appsecret_proof: the first secret is required, the others (rotation) optional. */}}
+{{- if $v.apps }}
+{{- $apps := list }}
+{{- range $i, $a := $v.apps }}
+{{- $secrets := list }}
+{{- range $j, $key := (required (printf "apps[%d].secretKeys is required" $i) $a.secretKeys) }}
+{{- $env := printf "APP_SECRET_%d_%d" $i $j }}
+{{- if eq $j 0 }}
+{{- $secrets = append $secrets (printf "${%s}" $env) }}
+{{- $refs = append $refs (dict "env" $env "key" $key "optional" false) }}
+{{- else }}
+{{- $secrets = append $secrets (printf "${%s:-}" $env) }}
+{{- $refs = append $refs (dict "env" $env "key" $key "optional" true) }}
+{{- end }}
+{{- end }}
+{{- $entry := omit $a "secretKeys" }}
+{{- $_ := set $entry "secrets" $secrets }}
+{{- $apps = append $apps $entry }}
+{{- end }}
+{{- $_ := set $cfg "apps" $apps }}
+{{- end }}
+{{- /* A chart-created Secret must hold every required key. */}}
+{{- if not $v.secrets.existingSecret }}
+{{- range $ref := $refs }}
+{{- if and (not $ref.optional) (not (hasKey ($v.secrets.data | default dict) $ref.key)) }}
+{{- fail (printf "secrets.data has no key %q (needed for %s); add it or set secrets.existingSecret" $ref.key $ref.env) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- dict "config" $cfg "refs" $refs | toYaml }}
+{{- end }}
+
+{{/*
+gateway.yaml as text.
+*/}}
+{{- define "gateway.configYaml" -}}
+{{- (include "gateway.rendered" . | fromYaml).config | toYaml }}
+{{- end }}
+
+{{/*
+Environment of the gateway container: Secret references, then extraEnv.
+*/}}
+{{- define "gateway.env" -}}
+{{- $secretName := include "gateway.secretName" . }}
+{{- range $ref := (include "gateway.rendered" . | fromYaml).refs }}
+- name: {{ $ref.env }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secretName }}
+      key: {{ $ref.key | quote }}
+      {{- if $ref.optional }}
+      optional: true
+      {{- end }}
+{{- end }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
