@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--time", type=int, default=None)
 
     t = sub.add_parser("token", help="mint or revoke tokens in the configured store")
-    tsub = t.add_subparsers(dest="token_command", required=True)
+    tsub = t.add_subparsers(dest="action", required=True)
     ti = tsub.add_parser("issue")
     ti.add_argument("--config", default=os.environ.get("GATEWAY_CONFIG"))
     ti.add_argument("--grant", required=True)
@@ -118,7 +118,7 @@ def cmd_token(args: argparse.Namespace) -> int:
     from gateway.tokens_cli import issue_token, revoke_token
 
     cfg = _load(args.config)
-    if args.token_command == "issue":
+    if args.action == "issue":
         try:
             ttl = parse_duration(args.ttl) if args.ttl is not None else None
         except ValueError as exc:

@@ -155,8 +155,10 @@ async def _run(port: int, self_test: bool) -> int:
     implicit = await validator.issue("implicit", APP_ID, "alice", "profile")
     base = f"http://127.0.0.1:{port}"
     steps = demo_steps(code, implicit)
-    print(f"Echo upstream on 127.0.0.1:{up_port}; gateway on {base}; admin on "
-          f"http://127.0.0.1:{gw.ports['admin']}/metrics\n")
+    print(
+        f"Echo upstream on 127.0.0.1:{up_port}; gateway on {base}; admin on "
+        f"http://127.0.0.1:{gw.ports['admin']}/metrics\n"
+    )
     print(f"authorization_code token (365 d): {code}")
     print(f"implicit token (6 h):             {implicit}")
     print(f"app {APP_ID!r} secret:            {APP_SECRET}\n")

@@ -1,8 +1,8 @@
 """One exception tree for every failure a client can see, mapped to RFC 6750 answers.
 
     GatewayError (500)
-    ├── InvalidRequestError          400 invalid_request        (WWW-Authenticate)
-    │   └── BadHttpRequestError      400 invalid_request        (malformed HTTP; no WWW-Authenticate)
+    ├── InvalidRequestError          400 invalid_request (WWW-Authenticate)
+    │   └── BadHttpRequestError      400 invalid_request (malformed HTTP; no challenge)
     ├── MissingTokenError            401 (no error attribute; body "missing_token")
     ├── InvalidTokenError            401 invalid_token
     ├── InsufficientScopeError       403 insufficient_scope (+ scope="...")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import IO, Any
+from typing import IO, Any, TextIO
 
 import orjson
 import structlog
@@ -27,7 +27,7 @@ def _orjson_dumps(obj: Any, **_: Any) -> str:
     return orjson.dumps(obj, default=str).decode()
 
 
-def setup_logging(cfg: LogConfig, stream: IO[str] | None = None) -> None:
+def setup_logging(cfg: LogConfig, stream: TextIO | None = None) -> None:
     """Configure structlog once per process (and again on reload)."""
     json_out = use_json(cfg)
     renderer: Any = (

@@ -147,10 +147,10 @@ class Gateway:
             for conn in list(ctx.connections):
                 if not conn.queue and conn.transport is not None:
                     conn.transport.close()  # idle keep-alive connections go now
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.cfg.shutdown_timeout
-        while any(c.in_flight for c in contexts) and loop.time() < deadline:
-            await asyncio.sleep(0.02)
+        busy = [c.idle.wait() for c in contexts if c.in_flight]
+        if busy:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*busy), self.cfg.shutdown_timeout)
         for ctx in contexts:
             for conn in list(ctx.connections):
                 conn.abort()

@@ -28,7 +28,15 @@ def _problems(data: object, env: dict[str, str] | None = None) -> list[str]:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("250ms", 0.25), ("2s", 2), ("5m", 300), ("6h", 21600), ("365d", 31536000), (30, 30), ("1.5s", 1.5)],
+    [
+        ("250ms", 0.25),
+        ("2s", 2),
+        ("5m", 300),
+        ("6h", 21600),
+        ("365d", 31536000),
+        (30, 30),
+        ("1.5s", 1.5),
+    ],
 )
 def test_durations(text, seconds):
     """Durations accept ms/s/m/h/d suffixes and plain seconds."""
@@ -145,7 +153,9 @@ def test_sidecar_example_reads_secret_file(tmp_path):
     secret = tmp_path / "s"
     secret.write_text("x")
     path = tmp_path / "c.yaml"
-    path.write_text(text.replace("/var/run/secrets/gateway/introspection-client-secret", str(secret)))
+    path.write_text(
+        text.replace("/var/run/secrets/gateway/introspection-client-secret", str(secret))
+    )
     cfg = load_config(path, env=EXAMPLE_ENV)
     assert cfg.tokens.sources[1].client_secret.get_secret_value() == "x"
 

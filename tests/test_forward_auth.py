@@ -57,17 +57,27 @@ async def _decider(make_gateway, echo_upstream):
         ("traefik", "code", "/v1/a%2fb", "GET", 400),
     ],
     ids=[
-        "nginx-code-ok", "nginx-implicit-code-only", "nginx-no-token", "nginx-bad-token",
-        "nginx-public", "nginx-no-route", "traefik-code-ok", "traefik-implicit-code-only",
-        "traefik-implicit-ok", "traefik-normalised", "traefik-unsafe-path",
+        "nginx-code-ok",
+        "nginx-implicit-code-only",
+        "nginx-no-token",
+        "nginx-bad-token",
+        "nginx-public",
+        "nginx-no-route",
+        "traefik-code-ok",
+        "traefik-implicit-code-only",
+        "traefik-implicit-ok",
+        "traefik-normalised",
+        "traefik-unsafe-path",
     ],
 )
 async def test_decisions(make_gateway, echo_upstream, style, token, uri, method, status):
     """The decision listener answers like proxy mode would, and forwards nothing."""
-    gw, url, code, implicit = await _decider(make_gateway, echo_upstream)
+    _, url, code, implicit = await _decider(make_gateway, echo_upstream)
     headers = {}
     if token:
-        headers["Authorization"] = "Bearer " + {"code": code, "implicit": implicit}.get(token, token)
+        headers["Authorization"] = "Bearer " + {"code": code, "implicit": implicit}.get(
+            token, token
+        )
     if style == "nginx":
         headers |= {"X-Original-URI": uri, "X-Original-Method": method}
     else:
@@ -105,7 +115,7 @@ async def test_nginx_auth_request_against_the_gateway(make_gateway, echo_upstrea
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     if not Path(nginx).exists():
         pytest.fail("nginx is not installed (.ci/run installs nginx-light)")
-    gw, decider_url, code, implicit = await _decider(make_gateway, echo_upstream)
+    gw, _, code, implicit = await _decider(make_gateway, echo_upstream)
     port = free_port()
     conf = _nginx_conf(tmp_path, port, gw.gateway.ports["forward_auth"], echo_upstream.server.port)
     check = subprocess.run([nginx, "-t", "-c", str(conf)], capture_output=True, text=True)
@@ -129,7 +139,9 @@ async def test_nginx_auth_request_against_the_gateway(make_gateway, echo_upstrea
             assert seen["x-auth-grant"] == "authorization_code"
             assert "authorization" not in seen
             before = echo_upstream.requests
-            async with s.get(base + "/v1/payments/9", headers={"Authorization": f"Bearer {implicit}"}) as r:
+            async with s.get(
+                base + "/v1/payments/9", headers={"Authorization": f"Bearer {implicit}"}
+            ) as r:
                 assert r.status == 403
             async with s.get(base + "/v1/payments/9") as r:
                 assert r.status == 401

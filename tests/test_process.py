@@ -258,7 +258,9 @@ def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess[str
 def test_cli_check_config_ok_and_errors(tmp_path):
     """check-config exits 0 with a summary, or 2 with every error and no traceback."""
     good = tmp_path / "good.yaml"
-    good.write_text("upstreams: {api: {url: 'http://127.0.0.1:1'}}\nroutes: [{name: a, path: /a, upstream: api}]\n")
+    good.write_text(
+        "upstreams: {api: {url: 'http://127.0.0.1:1'}}\nroutes: [{name: a, path: /a, upstream: api}]\n"
+    )
     ok = _cli("check-config", str(good))
     assert ok.returncode == 0
     assert "routes      1" in ok.stdout

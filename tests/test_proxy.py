@@ -407,7 +407,7 @@ async def test_client_gone_cancels_upstream_exchange(aiohttp_server, make_gatewa
     app.router.add_get("/slow", slow)
     server = await aiohttp_server(app)  # the test server cancels handlers of lost clients
     gw = await make_gateway(base_config(f"http://127.0.0.1:{server.port}"))
-    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    _, writer = await asyncio.open_connection("127.0.0.1", gw.port)
     writer.write(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
     await writer.drain()
     for _ in range(50):

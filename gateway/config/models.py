@@ -41,7 +41,9 @@ class ListenConfig(Model):
 
 
 class AdminConfig(Model):
-    host: str = Field("127.0.0.1", description="Admin listener address (/healthz /readyz /metrics).")
+    host: str = Field(
+        "127.0.0.1", description="Admin listener address (/healthz /readyz /metrics)."
+    )
     port: int = Field(9901, ge=0, le=65535)
 
 
@@ -87,7 +89,9 @@ class JwtSource(Model):
     jwks_url: str
     issuer: str
     audience: str | tuple[str, ...]
-    algorithms: tuple[Literal["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"], ...] = (
+    algorithms: tuple[
+        Literal["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"], ...
+    ] = (
         "RS256",
         "ES256",
     )

@@ -25,7 +25,9 @@ _SIZE_UNITS = {
 def parse_duration(value: object) -> float:
     """Seconds from `250ms`, `2s`, `5m`, `6h`, `365d` or a plain number of seconds."""
     if isinstance(value, bool):
-        raise ValueError("a duration is a number of seconds or a string like 250ms, 2s, 5m, 6h, 365d")
+        raise ValueError(
+            "a duration is a number of seconds or a string like 250ms, 2s, 5m, 6h, 365d"
+        )
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str) and (m := _DURATION.match(value)):

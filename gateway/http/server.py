@@ -10,7 +10,7 @@ import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import cast
 
 import httptools
 
@@ -18,6 +18,7 @@ from gateway.errors import (
     BadHttpRequestError,
     GatewayError,
     HeadersTooLargeError,
+    OverloadedError,
     UriTooLongError,
 )
 from gateway.http import wire
@@ -40,6 +41,7 @@ class ServerContext:
     header_timeout: float = 30.0
     in_flight: int = 0
     draining: bool = False
+    idle: asyncio.Event = field(default_factory=asyncio.Event)  # set when in_flight drops to 0
     connections: set[HttpServerProtocol] = field(default_factory=set)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -243,13 +245,12 @@ class HttpServerProtocol(asyncio.Protocol):
             host.decode("latin-1").lower() if host is not None else None,
             rid,
         )
-        ex.preset_error = _check_head(ex, hosts, path) if not method == "CONNECT" else None
         if method == "CONNECT":
             ex.preset_error = BadHttpRequestError("connect_not_supported")
+        else:
+            ex.preset_error = _check_head(ex, hosts, path)
         self._set_body_mode(ex)
         if self.ctx.in_flight >= self.ctx.max_in_flight and ex.preset_error is None:
-            from gateway.errors import OverloadedError
-
             ex.preset_error = OverloadedError("max_in_flight")
         return ex
 
@@ -278,6 +279,7 @@ class HttpServerProtocol(asyncio.Protocol):
     # ---------------------------------------------------------------- answering
     def _start(self, ex: Exchange) -> None:
         self.ctx.in_flight += 1
+        self.ctx.idle.clear()
         task = self.loop.create_task(self._run(ex))
         ex.task = task
 
@@ -288,6 +290,8 @@ class HttpServerProtocol(asyncio.Protocol):
             pass
         finally:
             self.ctx.in_flight -= 1
+            if self.ctx.in_flight == 0:
+                self.ctx.idle.set()
             if not ex.finished:
                 ex.abort()
 
@@ -401,6 +405,3 @@ def make_protocol_factory(ctx: ServerContext) -> Callable[[], HttpServerProtocol
 
     return factory
 
-
-def _unused(*_: Any) -> None:  # pragma: no cover - keeps Any import honest for typing helpers
-    return None

@@ -242,7 +242,12 @@ class UpstreamConnection(asyncio.Protocol):
                 length = int(value)
             elif name == b"transfer-encoding":
                 chunked = True
-            elif name in wire.HOP_BY_HOP or name in tokens or name == b"x-request-id" or (name == b"cache-control" and ex.private_cache):
+            elif (
+                name in wire.HOP_BY_HOP
+                or name in tokens
+                or name == b"x-request-id"
+                or (name == b"cache-control" and ex.private_cache)
+            ):
                 continue
             else:
                 out.append((name, value))
@@ -256,9 +261,7 @@ class UpstreamConnection(asyncio.Protocol):
             ex.status = 101
             return
         ex.producer = self
-        ex.start_response(
-            status, out, length if not self._head_request else length, no_body=no_body
-        )
+        ex.start_response(status, out, length, no_body=no_body)
         if ex.conn.write_paused:
             self.pause_producing()
         if self._head_request:

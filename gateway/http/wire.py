@@ -41,7 +41,7 @@ def reason_phrase(status: int) -> bytes:
 
 
 def request_id(sent: bytes | None) -> str:
-    """Keep a well-formed client id (1-128 of A-Z a-z 0-9 . _ : -), else mint one without a syscall."""
+    """Keep a well-formed client id (1-128 of `A-Za-z0-9._:-`); else mint one, with no syscall."""
     if sent is not None and _REQUEST_ID.match(sent):
         return sent.decode("ascii")
     return f"{_ID_PREFIX}{next(_ID_COUNTER):010x}"
