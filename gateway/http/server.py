@@ -63,6 +63,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
         self._in_head = False
+        self._in_trailers = False
         self._read_paused = False
         self._write_paused = False
         self._timer: asyncio.TimerHandle | None = None
@@ -180,6 +181,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self._headers = []
         self._head_bytes = 0
         self._in_head = True
+        self._in_trailers = False
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -190,10 +192,13 @@ class HttpServerProtocol(asyncio.Protocol):
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > self.ctx.max_header_bytes + len(self._url):
             raise HeadersTooLargeError("headers_over_limit")
+        if self._in_trailers:
+            return  # chunked trailer fields are never merged into the head (RFC 9110 6.5.1)
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._in_trailers = True
         ex = self._new_exchange()
         self.current = ex
         self.queue.append(ex)
