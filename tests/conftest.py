@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.redis_server",
     "tests.fixtures.idp",
     "tests.fixtures.servers",
+    "tests.fixtures.process",
 ]

@@ -15,95 +15,10 @@ import aiohttp
 import pytest
 import yaml
 
+from tests.fixtures.process import GatewayProcess
 from tests.fixtures.servers import free_port
 
 MB = 1024 * 1024
-
-
-class GatewayProcess:
-    """`python -m gateway serve` in a subprocess, on free ports."""
-
-    def __init__(self, tmp: Path, upstream: str, routes: list[dict] | None = None, **extra) -> None:
-        self.port = free_port()
-        self.admin = free_port()
-        self.path = tmp / "gateway.yaml"
-        self.config = {
-            "listen": {"host": "127.0.0.1", "port": self.port},
-            "admin": {"host": "127.0.0.1", "port": self.admin},
-            "log": {"format": "json", "access": False},
-            "limits": {"max_body": "1GiB"},
-            "upstreams": {"api": {"url": upstream, "timeout": "30s"}},
-            "routes": routes
-            or [{"name": "all", "path_prefix": "/", "upstream": "api", "auth": "public"}],
-            **extra,
-        }
-        self.write()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = tmp / "gateway.log"
-
-    def write(self, config: dict | None = None) -> None:
-        self.path.write_text(yaml.safe_dump(config or self.config))
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "serve", "--config", str(self.path)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        async with aiohttp.ClientSession() as s:
-            for _ in range(200):
-                try:
-                    async with s.get(f"http://127.0.0.1:{self.admin}/readyz") as r:
-                        if r.status == 200:
-                            return
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.05)
-        raise AssertionError("gateway did not start:\n" + self.log.read_text())
-
-    def peak_rss_mb(self) -> float:
-        assert self.proc is not None
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        raise AssertionError("no VmHWM")
-
-    def rss_mb(self) -> float:
-        assert self.proc is not None
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        raise AssertionError("no VmRSS")
-
-    def stop(self) -> int:
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-
-
-@pytest.fixture
-async def gateway_process(tmp_path):
-    procs: list[GatewayProcess] = []
-
-    async def start(upstream: str, **kwargs) -> GatewayProcess:
-        gp = GatewayProcess(tmp_path, upstream, **kwargs)
-        await gp.start()
-        procs.append(gp)
-        return gp
-
-    yield start
-    for gp in procs:
-        gp.stop()
 
 
 async def test_200mb_upload_and_download_stream_with_bounded_memory(echo_upstream, gateway_process):
