@@ -65,7 +65,7 @@ class AccessLog:
         if not self.enabled:
             return
         if not self.json_out:
-            self._log.info("request", **fields)
+            self._log.info("access", **{k: v for k, v in fields.items() if k != "event"})
             return
         line = orjson.dumps(fields)
         self._buf.append(line)

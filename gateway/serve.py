@@ -96,6 +96,7 @@ class Gateway:
         """Swap in a new config; an invalid one is refused and the old one keeps serving."""
         if not self.config_path or self.runtime is None or self.ctx is None:
             return False
+        self._config_digest = _digest(self.config_path)  # the watcher must not apply it twice
         try:
             cfg = load_config(self.config_path)
         except ConfigError as exc:

@@ -31,7 +31,7 @@ class SessionEndpoint:
         validator = self.pipeline.rt.validator
         info = validator.peek(token) or await validator.validate(token)
         if ex.method == "DELETE":
-            await validator.revoke(token)
+            await validator.revoke(token, info)
             ex.respond(200, list(_HEADERS), orjson.dumps({"revoked": True}))
             return
         now = time.time()

@@ -1,0 +1,195 @@
+"""The two cache layers of token answers, keyed by sha256(token) hex (never the token).
+
+`LocalCache` is the in-process LRU read synchronously on the hot path; it also holds the set
+of revoked hashes. `SharedCache` is the Redis layer shared by every replica.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from hashlib import sha256
+from typing import Any
+
+from redis.asyncio import Redis
+
+from gateway.authn.info import TokenInfo
+from gateway.config.models import CacheConfig
+from gateway.errors import InvalidTokenError
+from gateway.redis_conn import RedisConnection
+
+# Revocations whose token lifetime is unknown are kept this long (at least ttl + stale_if_error).
+UNKNOWN_EXP_REVOCATION = 86400.0
+
+
+def token_hash(token: str) -> str:
+    """sha256(token) as hex: the only form in which a token is stored or looked up."""
+    return sha256(token.encode()).hexdigest()
+
+
+def token_id(digest: str) -> str:
+    """What logs may show of a token: the first 12 hex digits of its sha256."""
+    return digest[:12]
+
+
+@dataclass(slots=True)
+class Entry:
+    """A cached answer: `info` None is a negative one."""
+
+    info: TokenInfo | None
+    cached_at: float
+    fresh_until: float
+    usable_until: float  # stale_if_error limit; equals fresh_until for negatives
+
+
+def positive_entry(info: TokenInfo, cached_at: float, cfg: CacheConfig) -> Entry:
+    """Fresh for `ttl`, usable while sources are down for `stale_if_error` more; never past exp."""
+    exp = info.expires_at if info.expires_at is not None else float("inf")
+    return Entry(
+        info,
+        cached_at,
+        min(cached_at + cfg.ttl, exp),
+        min(cached_at + cfg.ttl + cfg.stale_if_error, exp),
+    )
+
+
+def negative_entry(cached_at: float, cfg: CacheConfig) -> Entry:
+    """A "not valid" answer, reused for `negative_ttl`."""
+    until = cached_at + cfg.negative_ttl
+    return Entry(None, cached_at, until, until)
+
+
+class LocalCache:
+    """In-process LRU of answers (at most `max_entries`), plus the revoked-hash set."""
+
+    def __init__(self, cfg: CacheConfig) -> None:
+        self.cfg = cfg
+        self.entries: OrderedDict[str, Entry] = OrderedDict()
+        self.revoked: dict[str, float] = {}  # hash -> keep until (the token's exp)
+
+    def peek(self, digest: str) -> TokenInfo | None:
+        """A fresh positive answer, or None; a fresh negative raises InvalidTokenError."""
+        entry = self.entries.get(digest)
+        if entry is None or time.time() >= entry.fresh_until:
+            return None
+        self.entries.move_to_end(digest)
+        if entry.info is None:
+            raise InvalidTokenError("cached_negative")
+        return entry.info
+
+    def get(self, digest: str) -> Entry | None:
+        """The entry, fresh or not."""
+        return self.entries.get(digest)
+
+    def put(self, digest: str, entry: Entry) -> None:
+        """Store an answer unless the hash is revoked; evict the least recently used."""
+        if entry.info is not None and digest in self.revoked:
+            return
+        self.entries[digest] = entry
+        self.entries.move_to_end(digest)
+        while len(self.entries) > self.cfg.max_entries:
+            self.entries.popitem(last=False)
+
+    def drop(self, digest: str) -> None:
+        """Forget the answer for a hash."""
+        self.entries.pop(digest, None)
+
+    def revoke(self, digest: str, until: float) -> None:
+        """Drop the answer and refuse the hash until `until` (the token's exp)."""
+        self.entries.pop(digest, None)
+        if until > self.revoked.get(digest, 0.0):
+            self.revoked[digest] = until
+
+    def is_revoked(self, digest: str, now: float) -> bool:
+        """Whether the hash is in the revoked set (and the revocation still matters)."""
+        until = self.revoked.get(digest)
+        return until is not None and now < until
+
+    def purge(self, now: float) -> None:
+        """Forget revocations of tokens that have expired anyway."""
+        for digest in [d for d, until in self.revoked.items() if until <= now]:
+            del self.revoked[digest]
+
+
+def entry_to_json(entry: Entry) -> str:
+    """Serialise an entry for the shared layer."""
+    doc: dict[str, Any] = {"active": entry.info is not None, "at": entry.cached_at}
+    if entry.info is not None:
+        i = entry.info
+        doc.update(
+            sub=i.subject, client_id=i.client_id, scope=i.scope, grant=i.grant,
+            exp=i.expires_at, iat=i.issued_at, source=i.source,
+        )  # fmt: skip
+    return json.dumps(doc, separators=(",", ":"))
+
+
+def entry_from_json(raw: str, cfg: CacheConfig) -> Entry | None:
+    """Parse a shared entry; None when it is not one of ours."""
+    try:
+        doc = json.loads(raw)
+        cached_at = float(doc["at"])
+        if not doc["active"]:
+            return negative_entry(cached_at, cfg)
+        info = TokenInfo(
+            subject=doc.get("sub"), client_id=doc.get("client_id"), scope=doc["scope"],
+            scopes=frozenset(doc["scope"].split()), grant=doc["grant"], expires_at=doc.get("exp"),
+            issued_at=doc.get("iat"), source=doc.get("source", ""),
+        )  # fmt: skip
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return positive_entry(info, cached_at, cfg)
+
+
+@dataclass(slots=True)
+class SharedRead:
+    """What Redis knows of a hash: a cached answer and/or a revocation mark."""
+
+    entry: Entry | None
+    revoked_until: float | None
+
+
+class SharedCache:
+    """The Redis layer: `{prefix}cache:{hash}` answers and `{prefix}revoked:{hash}` marks."""
+
+    def __init__(self, conn: RedisConnection, cfg: CacheConfig) -> None:
+        self.conn = conn
+        self.cfg = cfg
+
+    def cache_key(self, digest: str) -> str:
+        """Key of the cached answer."""
+        return self.conn.key(f"cache:{digest}")
+
+    def revoked_key(self, digest: str) -> str:
+        """Key of the revocation mark."""
+        return self.conn.key(f"revoked:{digest}")
+
+    async def read(self, digest: str) -> SharedRead:
+        """Both keys in one round trip; raises RedisUnavailableError."""
+
+        async def op(r: Redis) -> list[Any]:
+            pipe = r.pipeline(transaction=False)
+            pipe.get(self.cache_key(digest))
+            pipe.get(self.revoked_key(digest))
+            return await pipe.execute()
+
+        cached, revoked = await self.conn.run(op)
+        entry = entry_from_json(cached, self.cfg) if isinstance(cached, str) else None
+        until = _float(revoked) if revoked is not None else None
+        return SharedRead(entry, until)
+
+    async def write(self, digest: str, entry: Entry) -> None:
+        """Store an answer until its usable limit; raises RedisUnavailableError."""
+        ms = int((entry.usable_until - time.time()) * 1000)
+        if ms <= 0:
+            return
+        data = entry_to_json(entry)
+        await self.conn.run(lambda r: r.set(self.cache_key(digest), data, px=ms))
+
+
+def _float(raw: Any) -> float:
+    try:
+        return float(raw)
+    except (TypeError, ValueError):
+        return time.time() + UNKNOWN_EXP_REVOCATION

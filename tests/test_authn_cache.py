@@ -1,0 +1,138 @@
+"""The in-process LRU (peek) and the shared Redis layer: bounds, keys, freshness."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import redis
+
+from gateway.authn.cache import LocalCache, negative_entry, positive_entry, token_hash
+from gateway.authn.info import TokenInfo
+from gateway.config.models import CacheConfig
+from gateway.errors import InvalidTokenError
+
+STORE = [{"type": "store"}]
+
+
+def info(exp: float | None) -> TokenInfo:
+    return TokenInfo("u", "c", "s", frozenset({"s"}), "implicit", exp, None, "store")
+
+
+def test_positive_entry_bounds():
+    """Fresh for ttl, usable for ttl + stale_if_error, both never past exp."""
+    cfg = CacheConfig(ttl=10, stale_if_error=100)
+    e = positive_entry(info(None), 1000.0, cfg)
+    assert (e.fresh_until, e.usable_until) == (1010.0, 1110.0)
+    e = positive_entry(info(1050.0), 1000.0, cfg)
+    assert (e.fresh_until, e.usable_until) == (1010.0, 1050.0)
+    e = positive_entry(info(1005.0), 1000.0, cfg)
+    assert (e.fresh_until, e.usable_until) == (1005.0, 1005.0)
+    n = negative_entry(1000.0, CacheConfig(negative_ttl=3))
+    assert (n.info, n.fresh_until, n.usable_until) == (None, 1003.0, 1003.0)
+
+
+def test_lru_evicts_least_recently_used():
+    """Beyond max_entries the least recently used hash goes; a peek counts as a use."""
+    cache = LocalCache(CacheConfig(max_entries=3))
+    now = time.time()
+    for d in "abc":
+        cache.put(d, positive_entry(info(None), now, cache.cfg))
+    assert cache.peek("a") is not None  # a is now the most recent
+    cache.put("d", positive_entry(info(None), now, cache.cfg))
+    assert list(cache.entries) == ["c", "a", "d"]
+    assert cache.peek("b") is None
+
+
+def test_revoked_hash_is_never_cached_positively():
+    """A positive answer for a revoked hash is not stored; revocations expire with the token."""
+    cache = LocalCache(CacheConfig())
+    now = time.time()
+    cache.revoke("h", now + 0.05)
+    cache.put("h", positive_entry(info(None), now, cache.cfg))
+    assert cache.peek("h") is None
+    assert cache.is_revoked("h", now)
+    cache.purge(now + 1)
+    assert not cache.is_revoked("h", now + 1)
+
+
+async def test_peek_states(make_validator):
+    """peek: unseen None; cached positive its info; cached negative raises; no I/O either way."""
+    v = await make_validator(STORE)
+    token = await v.issue("implicit", "spa")
+    assert v.peek(token) is None
+    info_ = await v.validate(token)
+    assert v.peek(token) is info_
+    with pytest.raises(InvalidTokenError):
+        await v.validate("unknown")
+    with pytest.raises(InvalidTokenError):
+        v.peek("unknown")
+
+
+async def test_validator_lru_max_entries(make_validator):
+    """The validator's in-process layer holds at most max_entries answers."""
+    v = await make_validator(STORE, cache={"max_entries": 2})
+    tokens = [await v.issue("implicit", "spa") for _ in range(3)]
+    for t in tokens:
+        await v.validate(t)
+    assert len(v.local.entries) == 2
+    assert v.peek(tokens[0]) is None
+    assert v.peek(tokens[2]) is not None
+
+
+async def test_store_answer_never_cached_past_exp(make_validator):
+    """A store token expiring before ttl leaves the cache at its exp."""
+    v = await make_validator(STORE, cache={"ttl": "5m"})
+    token = await v.issue("implicit", "spa", ttl_seconds=1)
+    exp = (await v.validate(token)).expires_at
+    await asyncio.sleep(exp - time.time() + 0.05)
+    assert v.peek(token) is None
+    with pytest.raises(InvalidTokenError):
+        await v.validate(token)
+
+
+async def test_shared_keys_are_hashes_with_bounded_ttls(make_validator, idp, redis_url):
+    """Redis holds sha256 keys only; positive TTL <= ttl + stale_if_error, negatives negative_ttl."""
+    idp.tokens["secret-token-value"] = idp.claims()
+    cache = {"ttl": "60s", "stale_if_error": "60s", "negative_ttl": "5s"}
+    v = await make_validator([idp.introspection_source()], redis_url, cache=cache)
+    await v.validate("secret-token-value")
+    with pytest.raises(InvalidTokenError):
+        await v.validate("other-secret-value")
+    with redis.Redis.from_url(redis_url, decode_responses=True) as r:
+        keys = set(r.keys("*"))
+        values = [r.get(k) for k in keys]
+        pos = r.pttl(f"gw:cache:{token_hash('secret-token-value')}")
+        neg = r.pttl(f"gw:cache:{token_hash('other-secret-value')}")
+    assert keys == {
+        f"gw:cache:{token_hash(t)}" for t in ("secret-token-value", "other-secret-value")
+    }
+    assert "secret-token-value" not in repr(values) and "other-secret-value" not in repr(values)
+    assert 110_000 < pos <= 120_000
+    assert 4_000 < neg <= 5_000
+
+
+async def test_shared_positive_freshness_counts_from_first_answer(make_validator, idp, redis_url):
+    """A replica reading a shared answer keeps it fresh only for what is left of ttl."""
+    idp.tokens["tok"] = idp.claims()
+    cache = {"ttl": "400ms"}
+    a = await make_validator([idp.introspection_source()], redis_url, cache=cache)
+    b = await make_validator([idp.introspection_source()], redis_url, cache=cache)
+    await a.validate("tok")
+    await asyncio.sleep(0.25)
+    await b.validate("tok")
+    assert idp.introspect_calls == 1
+    await asyncio.sleep(0.2)  # 450 ms after the IdP answered
+    assert b.peek("tok") is None
+    await b.validate("tok")
+    assert idp.introspect_calls == 2
+
+
+async def test_garbage_in_the_shared_cache_is_ignored(make_validator, idp, redis_url):
+    """A shared entry that is not ours is ignored and the source is asked."""
+    idp.tokens["tok"] = idp.claims()
+    with redis.Redis.from_url(redis_url) as r:
+        r.set(f"gw:cache:{token_hash('tok')}", b"\xff not json")
+    v = await make_validator([idp.introspection_source()], redis_url)
+    assert (await v.validate("tok")).source == "introspection"
