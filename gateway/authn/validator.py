@@ -19,6 +19,7 @@ import aiohttp
 import jwt
 import structlog
 
+from gateway.authn.breaker import CircuitBreaker
 from gateway.authn.cache import (
     Entry,
     LocalCache,
@@ -80,6 +81,7 @@ class TokenValidator:
         self.local = LocalCache(cfg.cache)
         self.shared = SharedCache(redis, cfg.cache) if redis is not None else None
         self.sources: list[TokenSource] = []
+        self.breakers: list[CircuitBreaker] = []  # one per source, same order
         self.revocations = Revocations(redis, self.local, self.shared, store, None, cfg.cache)
         self._session: aiohttp.ClientSession | None = None
         self._inflight: dict[str, asyncio.Task[TokenInfo]] = {}
@@ -99,6 +101,9 @@ class TokenValidator:
                 validator.sources.append(JwtTokenSource(src, validator.session, validator.grants))
             else:
                 validator.sources.append(StoreTokenSource(store, validator.grants))
+            # Redis has its own outage backoff (redis_conn); the breaker guards the IdPs.
+            threshold = 1_000_000 if src.type == "store" else 5
+            validator.breakers.append(CircuitBreaker(threshold=threshold))
         return validator
 
     def session(self) -> aiohttp.ClientSession:
@@ -211,20 +216,26 @@ class TokenValidator:
         """The first source that knows the token answers; a negative after an unreachable
         source is not final (that source might know the token), so it is unavailability."""
         unreachable: ValidatorUnavailableError | None = None
-        for source in self.sources:
+        for source, breaker in zip(self.sources, self.breakers, strict=True):
             if not source.applies(token):
+                continue
+            if not breaker.allow():
+                unreachable = unreachable or ValidatorUnavailableError("circuit_open")
                 continue
             try:
                 info = await source.lookup(token, digest)
             except ValidatorUnavailableError as exc:
+                breaker.failure()
                 self._note_down(source.name, exc.reason)
                 unreachable = unreachable or exc
                 continue
             except InvalidTokenError:
+                breaker.success()
                 self._note_up(source.name)
                 if unreachable is not None:
                     raise ValidatorUnavailableError(unreachable.reason) from None
                 raise
+            breaker.success()
             self._note_up(source.name)
             if info is not None:
                 return info
