@@ -1,0 +1,54 @@
+"""Upstream and client faults: nothing slow blocks anyone else; connection limits hold."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+
+from tests.fixtures.servers import base_config
+
+
+async def _timed_get(url: str) -> tuple[int, float]:
+    started = time.monotonic()
+    async with aiohttp.ClientSession() as s, s.get(url) as r:
+        await r.read()
+        return r.status, time.monotonic() - started
+
+
+async def test_slow_upstream_does_not_block_other_requests(echo_upstream, make_gateway):
+    """While requests hang on a slow upstream path, other requests are answered at once."""
+    gw = await make_gateway(base_config(echo_upstream.url))
+    slow = [asyncio.create_task(_timed_get(gw.url + "/slow/1.5")) for _ in range(5)]
+    await asyncio.sleep(0.1)
+    status, elapsed = await _timed_get(gw.url + "/fast")
+    assert status == 200
+    assert elapsed < 1.0
+    assert all(s == 200 for s, _ in await asyncio.gather(*slow))
+
+
+async def test_slow_client_does_not_block_other_requests(echo_upstream, make_gateway):
+    """A client that stops reading a large answer is paused, and others are still served."""
+    gw = await make_gateway(base_config(echo_upstream.url))
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    writer.write(b"GET /big/300000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    await reader.readuntil(b"\r\n\r\n")  # then never read the body
+    await asyncio.sleep(0.3)
+    for _ in range(5):
+        status, elapsed = await _timed_get(gw.url + "/other")
+        assert status == 200
+        assert elapsed < 1.0
+    writer.close()
+
+
+async def test_max_connections_per_upstream_target(echo_upstream, make_gateway):
+    """With max_connections: 2, eight concurrent requests share two upstream connections."""
+    cfg = base_config(echo_upstream.url)
+    cfg["upstreams"]["api"]["max_connections"] = 2
+    gw = await make_gateway(cfg)
+    results = await asyncio.gather(*(_timed_get(gw.url + "/slow/0.2") for _ in range(8)))
+    assert [s for s, _ in results] == [200] * 8
+    assert echo_upstream.connections == 2
+    assert max(t for _, t in results) >= 0.6  # four rounds of 0.2 s through two connections
