@@ -464,3 +464,27 @@ async def test_websocket_on_token_route_after_checks(make_gateway, aiohttp_serve
         async with s.ws_connect(gw.url + "/v1/ws", headers=_bearer(token)) as ws:
             msg = await ws.receive(timeout=3)
             assert msg.data == "carol"
+
+
+async def test_redis_down_at_start_keeps_serving(make_gateway, echo_upstream, idp):
+    """A gateway started while Redis is down serves from the next sources and is ready."""
+    from tests.fixtures.servers import free_port
+
+    idp.tokens["idp-token"] = {
+        "client_id": "web-app",
+        "sub": "dan",
+        "scope": "",
+        "grant_type": "implicit",
+        "exp": int(time.time()) + 600,
+    }
+    tokens = {"sources": [{"type": "store"}, idp.introspection_source()]}
+    gw, _ = await _gateway(
+        make_gateway,
+        echo_upstream,
+        tokens=tokens,
+        redis={"url": f"redis://127.0.0.1:{free_port()}/0"},
+    )
+    assert (await _get(gw.admin_url + "/readyz"))[0] == 200
+    assert (await _get(gw.url + "/public"))[0] == 200
+    assert (await _get(gw.url + "/v1/items", _bearer("idp-token")))[0] == 200
+    assert (await _get(gw.url + "/v1/items", _bearer("nobody-knows")))[0] == 503
