@@ -19,6 +19,8 @@ _RAW_BAD = re.compile(r"[^\x21-\x7e]|[\\#?]")
 _ESCAPE = re.compile(r"%(..)", re.DOTALL)
 _HEX = "0123456789abcdefABCDEF"
 _SLASHES = re.compile(r"//+")
+#: runs of escaped non-ASCII bytes (escapes are upper-case by then): must be strict UTF-8
+_HIGH_RUN = re.compile(r"(?:%[89A-F][0-9A-F])+")
 
 
 def _escape_table() -> dict[str, str | None]:
@@ -60,14 +62,31 @@ def _remove_dot_segments(path: str) -> str:
             if not stack:
                 raise BadHttpRequestError(reason="path_escapes_root")
             stack.pop()
-        elif ";" in seg and seg.partition(";")[0] in (".", ".."):
-            # `..;x` is `..` to Tomcat and friends: refuse what an upstream may resolve.
+        elif _dot_with_params(seg):
+            # `..;x` (or `..%3Bx`) is `..` to Tomcat and friends: refuse what an upstream
+            # may resolve.
             raise BadHttpRequestError(reason="path_dot_segment_params")
         elif seg and seg != ".":
             stack.append(seg)
     if not stack:
         return "/"
     return "/" + "/".join(stack) + ("/" if trailing else "")
+
+
+def _dot_with_params(seg: str) -> bool:
+    if ";" in seg and seg.partition(";")[0] in (".", ".."):
+        return True
+    return "%3B" in seg and seg.partition("%3B")[0] in (".", "..")
+
+
+def _check_utf8(path: str) -> None:
+    """Escaped bytes above 0x7F must be well-formed UTF-8: overlong forms such as `%C0%AE`
+    (a `.` to lax decoders) and stray bytes are refused."""
+    for run in _HIGH_RUN.findall(path):
+        try:
+            bytes.fromhex(run.replace("%", "")).decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadHttpRequestError(reason="path_bad_utf8") from None
 
 
 def normalize_path(raw: str) -> str:
@@ -91,6 +110,7 @@ def normalize_path(raw: str) -> str:
         if path.endswith("%") or path[-2:-1] == "%":
             raise BadHttpRequestError(reason="path_bad_escape")
         path = _ESCAPE.sub(_unescape, path)
+        _check_utf8(path)
     if "//" in path:
         path = _SLASHES.sub("/", path)
     return _remove_dot_segments(path)

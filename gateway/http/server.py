@@ -22,7 +22,7 @@ from gateway.errors import (
     UriTooLongError,
 )
 from gateway.http import wire
-from gateway.http.exchange import BODY_CHUNKED, BODY_LENGTH, Exchange
+from gateway.http.exchange import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, Exchange
 
 Handler = Callable[[Exchange], Awaitable[None]]
 _TUNNEL_HIGH = 256 * 1024
@@ -59,6 +59,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self.current: Exchange | None = None  # being parsed
         self.tunnel: asyncio.Transport | None = None
         self.closed = False
+        self._parsing_stopped = False
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
@@ -96,9 +97,10 @@ class HttpServerProtocol(asyncio.Protocol):
         if self.tunnel is not None:
             self.tunnel.write(data)
             return
-        if self.queue and self.queue[-1].upgrade:
-            self.queue[-1].upgrade_data += data  # bytes after an Upgrade request, before the tunnel
-            return
+        if self._parsing_stopped:
+            if self.queue and self.queue[-1].upgrade:
+                self.queue[-1].upgrade_data += data  # before the tunnel is up
+            return  # after an ignored Upgrade (h2c) nothing more is read on this connection
         if self._in_head:
             self._head_bytes += len(data)
             limit = self.ctx.max_header_bytes + self.ctx.max_url_bytes + 1024
@@ -109,10 +111,12 @@ class HttpServerProtocol(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upg:
             ex = self.queue[-1] if self.queue else None
-            if ex is None or not ex.upgrade:
+            if ex is None:
                 self._parse_failed(BadHttpRequestError("upgrade_without_request"))
                 return
-            ex.upgrade_data = data[upg.args[0] :]
+            self._parsing_stopped = True
+            if ex.upgrade:
+                ex.upgrade_data = data[upg.args[0] :]
             self.pause_reading()
         except httptools.HttpParserCallbackError as err:
             cause = err.__context__
@@ -266,7 +270,7 @@ class HttpServerProtocol(asyncio.Protocol):
             ex.body_mode = BODY_CHUNKED
             ex.body_complete = False
         elif cl is not None:
-            ex.content_length = int(cl)
+            ex.content_length = int(cl) if cl.isdigit() else 0
             if ex.content_length > 0:
                 ex.body_mode = BODY_LENGTH
                 ex.body_complete = False
@@ -278,8 +282,13 @@ class HttpServerProtocol(asyncio.Protocol):
                 ex.preset_error = BadHttpRequestError("unsupported_expectation")
         upgrade = _first(ex.headers, b"upgrade")
         if upgrade is not None and b"upgrade" in wire.connection_tokens(ex.headers):
-            ex.upgrade = True
-            ex.keep_alive = False
+            ex.keep_alive = False  # llhttp stops parsing after an Upgrade request's head
+            if upgrade.strip().lower() == b"websocket":
+                ex.upgrade = True
+            elif ex.body_mode != BODY_NONE and ex.preset_error is None:
+                # h2c and other protocols are not relayed (h2c smuggling): the request is
+                # answered as plain HTTP/1.1, which is possible only without a body.
+                ex.preset_error = BadHttpRequestError("upgrade_with_body")
 
     # ---------------------------------------------------------------- answering
     def _start(self, ex: Exchange) -> None:
@@ -409,4 +418,3 @@ def make_protocol_factory(ctx: ServerContext) -> Callable[[], HttpServerProtocol
         return HttpServerProtocol(ctx)
 
     return factory
-
