@@ -187,23 +187,24 @@ class UpstreamConnection(asyncio.Protocol):
         self._fail(UpstreamTimeoutError("upstream_timeout"))
         self.abort()
 
-    def _fail(self, exc: GatewayError) -> None:
+    def _detach(self) -> Exchange | None:
+        """Unbind the exchange (and its timer) from this connection."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         ex, self.ex = self.ex, None
         if ex is not None:
             ex.producer = None
+        return ex
+
+    def _fail(self, exc: GatewayError) -> None:
+        self._detach()
         if self.done is not None and not self.done.done():
             self.done.set_exception(exc)
 
     def _complete(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        ex, self.ex = self.ex, None
+        ex = self._detach()
         if ex is not None:
-            ex.producer = None
             ex.finish()
         if self.done is not None and not self.done.done():
             self.done.set_result(None)
