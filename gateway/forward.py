@@ -13,7 +13,8 @@ from gateway.errors import UpstreamError
 from gateway.extract import strip_credentials_query
 from gateway.http import wire
 from gateway.http.exchange import BODY_CHUNKED, BODY_LENGTH, Exchange
-from gateway.http.upstream import UpstreamPool, UpstreamResetError
+from gateway.http.pool import UpstreamPool
+from gateway.http.upstream import UpstreamResetError
 from gateway.routing import Route
 
 _UNSAFE_VALUE = re.compile(rb"[^\x20-\x7e]")

@@ -18,7 +18,7 @@ from gateway.extract import ExtractPolicy, strip_credentials_query
 from gateway.forward import Forwarder
 from gateway.forward_auth import ForwardAuthHandler
 from gateway.http.exchange import Exchange
-from gateway.http.upstream import UpstreamPool
+from gateway.http.pool import UpstreamPool
 from gateway.logs import AccessLog, use_json
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline

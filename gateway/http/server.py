@@ -23,6 +23,7 @@ from gateway.errors import (
 )
 from gateway.http import wire
 from gateway.http.exchange import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, Exchange
+from gateway.http.head import absolute_form, check_head, first_header, wants_keep_alive
 
 Handler = Callable[[Exchange], Awaitable[None]]
 _TUNNEL_HIGH = 256 * 1024
@@ -240,9 +241,9 @@ class HttpServerProtocol(asyncio.Protocol):
             path, _, query = self._url.partition(b"?")
             host: bytes | None = hosts[0] if hosts else None
         else:
-            path, query, host = _absolute_form(self._url)
-        keep_alive = _keep_alive(version, headers) and not self.ctx.draining
-        rid = wire.request_id(_first(headers, b"x-request-id"))
+            path, query, host = absolute_form(self._url)
+        keep_alive = wants_keep_alive(version, headers) and not self.ctx.draining
+        rid = wire.request_id(first_header(headers, b"x-request-id"))
         ex = Exchange(
             self,
             method,
@@ -257,15 +258,15 @@ class HttpServerProtocol(asyncio.Protocol):
         if method == "CONNECT":
             ex.preset_error = BadHttpRequestError("connect_not_supported")
         else:
-            ex.preset_error = _check_head(ex, hosts, path)
+            ex.preset_error = check_head(ex, hosts, path)
         self._set_body_mode(ex)
         if self.ctx.in_flight >= self.ctx.max_in_flight and ex.preset_error is None:
             ex.preset_error = OverloadedError("max_in_flight")
         return ex
 
     def _set_body_mode(self, ex: Exchange) -> None:
-        te = _first(ex.headers, b"transfer-encoding")
-        cl = _first(ex.headers, b"content-length")
+        te = first_header(ex.headers, b"transfer-encoding")
+        cl = first_header(ex.headers, b"content-length")
         if te is not None:
             ex.body_mode = BODY_CHUNKED
             ex.body_complete = False
@@ -274,13 +275,13 @@ class HttpServerProtocol(asyncio.Protocol):
             if ex.content_length > 0:
                 ex.body_mode = BODY_LENGTH
                 ex.body_complete = False
-        expect = _first(ex.headers, b"expect")
+        expect = first_header(ex.headers, b"expect")
         if expect is not None:
             if expect.lower() == b"100-continue":
                 ex.expect_continue = ex.version == b"1.1"
             elif ex.preset_error is None:
                 ex.preset_error = BadHttpRequestError("unsupported_expectation")
-        upgrade = _first(ex.headers, b"upgrade")
+        upgrade = first_header(ex.headers, b"upgrade")
         if upgrade is not None and b"upgrade" in wire.connection_tokens(ex.headers):
             ex.keep_alive = False  # llhttp stops parsing after an Upgrade request's head
             if upgrade.strip().lower() == b"websocket":
@@ -369,48 +370,6 @@ class HttpServerProtocol(asyncio.Protocol):
         if self.transport is not None and not self.closed and self._read_paused:
             self._read_paused = False
             self.transport.resume_reading()
-
-
-def _first(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    for n, v in headers:
-        if n == name:
-            return v
-    return None
-
-
-def _keep_alive(version: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
-    tokens = wire.connection_tokens(headers)
-    if b"close" in tokens:
-        return False
-    return version == b"1.1" or b"keep-alive" in tokens
-
-
-def _absolute_form(url: bytes) -> tuple[bytes, bytes, bytes | None]:
-    """`http://host[:port]/path?q` -> (path, query, host); anything else is refused later."""
-    lower = url[:8].lower()
-    for scheme in (b"http://", b"https://"):
-        if lower.startswith(scheme):
-            rest = url[len(scheme) :]
-            slash = rest.find(b"/")
-            authority, target = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
-            path, _, query = target.partition(b"?")
-            return path, query, authority.rpartition(b"@")[2] or None
-    return url, b"", None
-
-
-def _check_head(ex: Exchange, hosts: list[bytes], path: bytes) -> GatewayError | None:
-    """Framing and target checks llhttp leaves to us."""
-    if not path.startswith(b"/"):
-        return BadHttpRequestError("bad_request_target")
-    if len(hosts) > 1 or (ex.version == b"1.1" and not hosts):
-        return BadHttpRequestError("bad_host_header")
-    te = [v for n, v in ex.headers if n == b"transfer-encoding"]
-    cl = [v for n, v in ex.headers if n == b"content-length"]
-    if te and (cl or len(te) > 1 or te[0].strip().lower() != b"chunked" or ex.version != b"1.1"):
-        return BadHttpRequestError("bad_transfer_encoding")
-    if len(cl) > 1 or (cl and not cl[0].isdigit()):
-        return BadHttpRequestError("bad_content_length")
-    return None
 
 
 def make_protocol_factory(ctx: ServerContext) -> Callable[[], HttpServerProtocol]:
