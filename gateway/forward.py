@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import re
 from collections.abc import Iterable
 
 from gateway.authn.info import TokenInfo
 from gateway.config.models import GatewayConfig
-from gateway.errors import UpstreamError
+from gateway.errors import GatewayError, UpstreamError
 from gateway.extract import strip_credentials_query
 from gateway.http import wire
 from gateway.http.exchange import BODY_CHUNKED, BODY_LENGTH, Exchange
 from gateway.http.pool import UpstreamPool
-from gateway.http.upstream import UpstreamResetError
+from gateway.http.upstream import UpstreamConnection, UpstreamResetError
+from gateway.pipeline import spawn
 from gateway.routing import Route
 
 _UNSAFE_VALUE = re.compile(rb"[^\x20-\x7e]")
@@ -29,13 +29,25 @@ def header_value(value: str) -> bytes:
     return _UNSAFE_VALUE.sub(lambda m: b"%%%02X" % m.group()[0], raw)
 
 
+_IDENTITY_CACHE: dict[int, tuple[TokenInfo, list[tuple[bytes, bytes]]]] = {}
+_IDENTITY_CACHE_MAX = 50_000
+
+
 def identity_headers(info: TokenInfo) -> list[tuple[bytes, bytes]]:
-    return [
+    """The X-Auth-* headers of a token, rendered once per TokenInfo (they never change)."""
+    hit = _IDENTITY_CACHE.get(id(info))
+    if hit is not None and hit[0] is info:  # the entry holds info, so its id is not reused
+        return hit[1]
+    headers = [
         (b"x-auth-subject", header_value(info.subject or "")),
         (b"x-auth-client-id", header_value(info.client_id or "")),
         (b"x-auth-scope", header_value(info.scope)),
         (b"x-auth-grant", header_value(info.grant)),
     ]
+    if len(_IDENTITY_CACHE) >= _IDENTITY_CACHE_MAX:
+        _IDENTITY_CACHE.clear()
+    _IDENTITY_CACHE[id(info)] = (info, headers)
+    return headers
 
 
 class TrustedProxies:
@@ -124,27 +136,54 @@ class Forwarder:
         self.trusted = TrustedProxies(cfg.trusted_proxies)
         self.timeouts = {name: u.timeout for name, u in cfg.upstreams.items()}
 
-    async def forward(self, ex: Exchange, route: Route, info: TokenInfo | None) -> None:
-        """Relay the exchange; raises UpstreamError / UpstreamTimeoutError before any answer."""
+    def forward(self, ex: Exchange, route: Route, info: TokenInfo | None) -> None:
+        """Relay the exchange: at once on an idle pooled connection, else after connecting."""
         pool = self.pools[route.upstream]
-        trusted = ex.client_ip in self.trusted if self.trusted.networks else False
-        path = route.upstream_path(ex.raw_path)
         ex.send_continue()
+        conn = None if ex.upgrade else pool.take_idle()
         retry = ex.body_mode == 0 and not ex.upgrade
-        conn = await pool.acquire(fresh=ex.upgrade)
-        while True:
-            target = conn.target
-            head, chunked = build_head(ex, route, info, target.base_path + path, trusted)
-            done = conn.send(ex, head, chunked, self.timeouts[route.upstream])
-            ex.attach_sink(conn)
-            try:
-                await done
-                return
-            except UpstreamResetError:
-                if not (retry and conn.reused):
-                    raise UpstreamError("upstream_reset") from None
-                retry = False  # a kept-alive connection closed under us: once more, fresh
-                conn = await pool.acquire(fresh=True)
-            except asyncio.CancelledError:
-                conn.abort()
-                raise
+        if conn is None:
+            spawn(ex, self._connect_and_send(ex, route, info, pool, ex.upgrade, retry))
+        else:
+            self._send(conn, ex, route, info, retry)
+
+    async def _connect_and_send(
+        self,
+        ex: Exchange,
+        route: Route,
+        info: TokenInfo | None,
+        pool: UpstreamPool,
+        fresh: bool,
+        retry: bool,
+    ) -> None:
+        conn = await pool.acquire(fresh=fresh)
+        if not ex.ended:
+            self._send(conn, ex, route, info, retry)
+        else:
+            pool.release(conn, reusable=True)
+
+    def _send(
+        self,
+        conn: UpstreamConnection,
+        ex: Exchange,
+        route: Route,
+        info: TokenInfo | None,
+        retry: bool,
+    ) -> None:
+        trusted = bool(self.trusted.networks) and ex.client_ip in self.trusted
+        path = conn.target.base_path + route.upstream_path(ex.raw_path)
+        head, chunked = build_head(ex, route, info, path, trusted)
+        reused = conn.reused
+
+        def on_error(exc: GatewayError) -> None:
+            if isinstance(exc, UpstreamResetError):
+                if retry and reused:  # a kept-alive connection closed under us: once, fresh
+                    spawn(ex, self._connect_and_send(ex, route, info, conn.pool, True, False))
+                    return
+                exc = UpstreamError("upstream_reset")
+            ex.fail(exc)
+
+        conn.send(ex, head, chunked, self.timeouts[route.upstream], on_error)
+        ex.on_gone = conn.abort
+        ex.attach_sink(conn)
+        conn.flush()

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gateway.errors import GatewayError, NoRouteError
+from gateway.errors import NoRouteError
 from gateway.forward import identity_headers
 from gateway.http.exchange import Exchange
 from gateway.normalize import normalize_path
-from gateway.pipeline import is_preflight
+from gateway.pipeline import is_preflight, spawn
 
 if TYPE_CHECKING:
     from gateway.pipeline import Pipeline
-    from gateway.routing import Route
 
 
 def describe(ex: Exchange) -> None:
@@ -42,26 +41,23 @@ class ForwardAuthHandler:
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
 
-    async def handle(self, ex: Exchange) -> None:
+    def handle(self, ex: Exchange) -> None:
+        """The server's entry point for the decision listener."""
+        ex.on_end = self.pipeline.rt.observe_decision
+        spawn(ex, self.decide(ex))
+
+    async def decide(self, ex: Exchange) -> None:
         rt = self.pipeline.rt
-        route: Route | None = None
-        error: GatewayError | None = None
-        try:
-            if ex.preset_error is not None:
-                raise ex.preset_error
-            describe(ex)
-            path = normalize_path(ex.raw_path)
-            ex.raw_path = path
-            route = rt.routes.match(ex.method, ex.host, path)
-            if route is None:
-                raise NoRouteError("no_route")
-            headers: list[tuple[bytes, bytes]] = []
-            if route.auth_required and not (route.preflight_pass and is_preflight(ex)):
-                info = await self.pipeline.authenticate(ex, route)
-                headers = identity_headers(info)
-            ex.respond(200, headers, b"")
-        except GatewayError as exc:
-            error = exc
-            ex.send_error(exc, rt.realm)
-        finally:
-            rt.observe(ex, route, error, forwarded=False)
+        if ex.preset_error is not None:
+            raise ex.preset_error
+        describe(ex)
+        path = normalize_path(ex.raw_path)
+        ex.raw_path = path
+        ex.route = route = rt.routes.match(ex.method, ex.host, path)
+        if route is None:
+            raise NoRouteError("no_route")
+        headers: list[tuple[bytes, bytes]] = []
+        if route.auth_required and not (route.preflight_pass and is_preflight(ex)):
+            info = await self.pipeline.authenticate(ex, route)
+            headers = list(identity_headers(info))
+        ex.respond(200, headers, b"")

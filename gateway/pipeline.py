@@ -1,12 +1,18 @@
 """The request pipeline: extract → authenticate → authorize → forward.
 
-Every failure is a GatewayError; it becomes an answer here and nowhere else.
+The fast path (cached token, idle upstream connection) runs synchronously from the server's
+read callback; anything that must wait (a token lookup, a form body, a new upstream connection)
+continues in a task. Every failure is a GatewayError and becomes an answer through `ex.fail`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+import structlog
 
 from gateway.authn.info import TokenInfo
 from gateway.authz import authorize
@@ -19,6 +25,7 @@ from gateway.routing import Route
 if TYPE_CHECKING:
     from gateway.runtime import Runtime
 
+log = structlog.get_logger("gateway")
 _FORM = b"application/x-www-form-urlencoded"
 
 
@@ -31,8 +38,26 @@ def is_preflight(ex: Exchange) -> bool:
     )
 
 
+def spawn(ex: Exchange, work: Coroutine[Any, Any, None]) -> None:
+    """Continue the exchange in a task; its failures become answers, a lost client cancels it."""
+
+    async def guarded() -> None:
+        try:
+            await work
+        except GatewayError as exc:
+            ex.fail(exc)
+        except asyncio.CancelledError:
+            pass  # the client left; the exchange was ended by the server
+        except Exception:
+            log.exception("request_failed", request_id=ex.request_id)
+            ex.fail(GatewayError("internal_error"))
+
+    task = asyncio.get_running_loop().create_task(guarded())
+    ex.on_gone = task.cancel
+
+
 class Pipeline:
-    """Handles one exchange against one runtime (a reload builds a new Pipeline)."""
+    """Handles exchanges against one runtime (a reload builds a new Pipeline)."""
 
     def __init__(self, rt: Runtime) -> None:
         from gateway.sessions import SessionEndpoint
@@ -40,43 +65,58 @@ class Pipeline:
         self.rt = rt
         self.sessions = SessionEndpoint(self)
 
-    async def handle(self, ex: Exchange) -> None:
+    def handle(self, ex: Exchange) -> None:
+        """The server's entry point: route, then authenticate and forward."""
         rt = self.rt
-        route: Route | None = None
-        error: GatewayError | None = None
+        ex.on_end = rt.observe
         try:
             if ex.preset_error is not None:
                 raise ex.preset_error
             path = normalize_path(ex.raw_path)
             ex.raw_path = path  # the upstream gets the normalised path
             if path == rt.session_path:
-                await self.sessions.handle(ex)
+                spawn(ex, self.sessions.handle(ex))
                 return
             route = rt.routes.match(ex.method, ex.host, path)
             if route is None:
                 raise NoRouteError("no_route")
+            ex.route = route
             ex.set_body_limit(route.max_body)
-            info = None
-            if route.auth_required and not (route.preflight_pass and is_preflight(ex)):
-                info = await self.authenticate(ex, route)
-            await rt.forwarder.forward(ex, route, info)
+            if not route.auth_required or (route.preflight_pass and is_preflight(ex)):
+                rt.forwarder.forward(ex, route, None)
+            elif self._form_token_possible(ex, route):
+                spawn(ex, self._authenticate_then_forward(ex, route))
+            else:
+                self._check_token(ex, route, self.extract(ex, route, None))
         except GatewayError as exc:
-            error = exc
-            ex.send_error(exc, rt.realm)
-        finally:
-            rt.observe(ex, route, error)
+            ex.fail(exc)
 
-    async def credentials(self, ex: Exchange, route: Route | None) -> Credentials:
-        """Extract the token (and proof) from the header, query or form body."""
-        rt = self.rt
-        policy = rt.extract_policy(route)
-        form_body = None
-        if policy.form_allowed and ex.method == "POST" and _is_form(ex):
-            await ex.conn.wait_body(ex)
-            if ex.body_error is not None:
-                raise ex.body_error
-            form_body = ex.take_buffered_body()
-        creds = extract_credentials(ex.headers, ex.query, policy, form_body)
+    def _check_token(self, ex: Exchange, route: Route, creds: Credentials) -> None:
+        """Cached token: authorize and forward now; otherwise look it up in a task."""
+        assert creds.token is not None
+        info = self.rt.validator.peek(creds.token)
+        if info is None:
+            spawn(ex, self._validate_then_forward(ex, route, creds))
+            return
+        authorize(info, route, creds, self.rt.apps, time.time())
+        self.rt.forwarder.forward(ex, route, info)
+
+    async def _validate_then_forward(self, ex: Exchange, route: Route, creds: Credentials) -> None:
+        assert creds.token is not None
+        info = await self.rt.validator.validate(creds.token)
+        authorize(info, route, creds, self.rt.apps, time.time())
+        self.rt.forwarder.forward(ex, route, info)
+
+    async def _authenticate_then_forward(self, ex: Exchange, route: Route) -> None:
+        info = await self.authenticate(ex, route)
+        self.rt.forwarder.forward(ex, route, info)
+
+    def _form_token_possible(self, ex: Exchange, route: Route | None) -> bool:
+        return self.rt.extract_policy(route).form_allowed and ex.method == "POST" and _is_form(ex)
+
+    def extract(self, ex: Exchange, route: Route | None, form_body: bytes | None) -> Credentials:
+        """Credentials from the header, query or form body; RFC 6750 rules."""
+        creds = extract_credentials(ex.headers, ex.query, self.rt.extract_policy(route), form_body)
         if creds.in_query:
             ex.private_cache = True  # RFC 6750 2.3
         if creds.token is None:
@@ -85,14 +125,23 @@ class Pipeline:
             ex.replace_body(strip_form_token(form_body))
         return creds
 
+    async def credentials(self, ex: Exchange, route: Route | None) -> Credentials:
+        """extract(), after waiting for a urlencoded body when it may carry the token."""
+        form_body = None
+        if self._form_token_possible(ex, route):
+            await ex.conn.wait_body(ex)
+            if ex.body_error is not None:
+                raise ex.body_error
+            form_body = ex.take_buffered_body()
+        return self.extract(ex, route, form_body)
+
     async def authenticate(self, ex: Exchange, route: Route) -> TokenInfo:
+        """The slow path of extract → authenticate → authorize (also used by forward-auth)."""
         creds = await self.credentials(ex, route)
         token = creds.token
         assert token is not None
         validator = self.rt.validator
-        info = validator.peek(token)
-        if info is None:
-            info = await validator.validate(token)
+        info = validator.peek(token) or await validator.validate(token)
         authorize(info, route, creds, self.rt.apps, time.time())
         return info
 

@@ -13,7 +13,6 @@ import structlog
 from gateway.authn.validator import TokenValidator
 from gateway.authz import AppRegistry
 from gateway.config.models import GatewayConfig
-from gateway.errors import GatewayError
 from gateway.extract import ExtractPolicy, strip_credentials_query
 from gateway.forward import Forwarder
 from gateway.forward_auth import ForwardAuthHandler
@@ -66,20 +65,21 @@ class Runtime:
     def extract_policy(self, route: Route | None) -> ExtractPolicy:
         return self._policies[route.name if route is not None else None]
 
-    def observe(
-        self,
-        ex: Exchange,
-        route: Route | None,
-        error: GatewayError | None,
-        forwarded: bool = True,
-    ) -> None:
-        """Metrics and the access-log line for one finished (or failed) exchange."""
+    def observe(self, ex: Exchange) -> None:
+        """Metrics and the access-log line of a finished (or abandoned) exchange."""
+        self._observe(ex, forwarded=True)
+
+    def observe_decision(self, ex: Exchange) -> None:
+        """The same for forward-auth decisions (nothing was forwarded)."""
+        self._observe(ex, forwarded=False)
+
+    def _observe(self, ex: Exchange, forwarded: bool) -> None:
         seconds = time.monotonic() - ex.started_at
-        name = (
-            route.name
-            if route is not None
-            else ("session" if ex.raw_path == self.session_path else "none")
-        )
+        route, error = ex.route, ex.error
+        if route is not None:
+            name = route.name
+        else:
+            name = "session" if ex.raw_path == self.session_path else "none"
         status = ex.status or 499
         self.metrics.observe(name, ex.method, status, seconds)
         if error is not None:

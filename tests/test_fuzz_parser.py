@@ -124,11 +124,10 @@ class LiveStack:
         assert gw.ctx is not None
         inner = gw.ctx.handler
 
-        async def watched(ex: Exchange) -> None:
+        def watched(ex: Exchange) -> None:
+            # the handler answers synchronously or continues in a task it starts itself
             try:
-                await inner(ex)
-            except asyncio.CancelledError:
-                raise
+                inner(ex)
             except Exception as exc:
                 self.handler_errors.append(f"{type(exc).__name__}: {exc} on {ex.raw_path!r}")
                 raise

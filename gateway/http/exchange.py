@@ -3,8 +3,8 @@ stream (buffered until a sink is attached, then relayed with backpressure) and t
 
 from __future__ import annotations
 
-import asyncio
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from gateway.errors import BadHttpRequestError, GatewayError, PayloadTooLargeError
@@ -12,6 +12,7 @@ from gateway.http import wire
 
 if TYPE_CHECKING:
     from gateway.http.server import HttpServerProtocol
+    from gateway.routing import Route
 
 BODY_NONE = 0
 BODY_LENGTH = 1
@@ -43,6 +44,7 @@ class Exchange:
         "_buffered",
         "_chunked_out",
         "_no_body_out",
+        "_out",
         "_sink",
         "body_complete",
         "body_limit",
@@ -52,12 +54,16 @@ class Exchange:
         "client_ip",
         "conn",
         "content_length",
+        "ended",
+        "error",
         "expect_continue",
         "finished",
         "headers",
         "host",
         "keep_alive",
         "method",
+        "on_end",
+        "on_gone",
         "preset_error",
         "private_cache",
         "producer",
@@ -65,9 +71,9 @@ class Exchange:
         "raw_path",
         "request_id",
         "response_started",
+        "route",
         "started_at",
         "status",
-        "task",
         "upgrade",
         "upgrade_data",
         "version",
@@ -106,7 +112,12 @@ class Exchange:
         self.upgrade_data = b""
         self.preset_error: GatewayError | None = None
         self.private_cache = False
-        self.task: asyncio.Task[None] | None = None
+        self.on_gone: Callable[[], object] | None = None  # stops work when the client leaves
+        self.on_end: Callable[[Exchange], None] | None = None  # metrics and access log
+        self.route: Route | None = None
+        self.error: GatewayError | None = None
+        self.ended = False
+        self._out: list[bytes] = []
         self.producer: Producer | None = None
         self.response_started = False
         self.finished = False
@@ -164,7 +175,7 @@ class Exchange:
         self.keep_alive = False
         if self._sink is not None:
             self._sink.abort_body(exc)
-        elif self.task is not None and not self.response_started:
+        elif not self.response_started:
             # the handler may be waiting on the body (form token): let it answer 413
             self.conn.wake_body_waiter(self)
 
@@ -239,25 +250,69 @@ class Exchange:
             out.append((b"connection", b"close"))
         elif self.version == b"1.0":
             out.append((b"connection", b"keep-alive"))
-        head = wire.render_head(status, out, self.version if self.version == b"1.0" else b"1.1")
-        self.conn.write(head)
+        self._out.append(
+            wire.render_head(status, out, self.version if self.version == b"1.0" else b"1.1")
+        )
 
     def write(self, data: bytes) -> None:
+        """Queue body bytes; they leave with the head in one write at flush() or finish()."""
         if self._no_body_out or not data:
             return
         self.bytes_sent += len(data)
         if self._chunked_out:
-            self.conn.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+            self._out += (b"%x\r\n" % len(data), data, b"\r\n")
         else:
-            self.conn.write(data)
+            self._out.append(data)
+
+    def flush(self) -> None:
+        out = self._out
+        if not out:
+            return
+        self._out = []
+        if len(out) == 1:
+            self.conn.write(out[0])
+        elif len(out) < 8:
+            self.conn.write(b"".join(out))
+        else:
+            self.conn.writelines(tuple(out))
 
     def finish(self) -> None:
         if self.finished:
             return
         self.finished = True
         if self._chunked_out:
-            self.conn.write(b"0\r\n\r\n")
+            self._out.append(b"0\r\n\r\n")
+        self.flush()
+        self.end()
         self.conn.exchange_finished(self)
+
+    def end(self) -> None:
+        """The exchange is over (answered, aborted, or its client left): counted once."""
+        if self.ended:
+            return
+        self.ended = True
+        self.on_gone = None
+        self.conn.exchange_ended(self)
+        if self.on_end is not None:
+            self.on_end(self)
+
+    def fail(self, exc: GatewayError) -> None:
+        """Answer exc (SPEC section 4), or drop the connection if the answer has begun."""
+        if self.ended:
+            return
+        if self.error is None:
+            self.error = exc
+        self.send_error(exc, self.conn.ctx.realm)
+
+    def client_gone(self) -> None:
+        """The client connection closed: stop the work and end the exchange."""
+        if self.ended:
+            return
+        on_gone, self.on_gone = self.on_gone, None
+        if on_gone is not None:
+            on_gone()
+        self.finished = True
+        self.end()
 
     def respond(
         self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, no_body: bool = False
@@ -280,4 +335,9 @@ class Exchange:
         """Cut the client connection (the answer cannot be completed)."""
         self.keep_alive = False
         self.finished = True
+        self._out.clear()
+        on_gone, self.on_gone = self.on_gone, None
+        if on_gone is not None:
+            on_gone()
+        self.end()
         self.conn.abort()

@@ -15,6 +15,7 @@ from gateway.errors import GatewayError, UpstreamError, UpstreamTimeoutError
 from gateway.http.upstream import UpstreamConnection
 
 _IDLE_SWEEP = 1.0
+_DEADLINE_SWEEP = 0.05  # resolution of upstream timeouts; one timer per pool, not per request
 
 
 @dataclass
@@ -42,7 +43,34 @@ class UpstreamPool:
         self.targets = [Target.parse(u) for u in cfg.all_targets]
         self._next = 0
         self._sweeper: asyncio.TimerHandle | None = None
+        self._busy: set[UpstreamConnection] = set()
+        self._deadlines: asyncio.TimerHandle | None = None
         self.connects = 0  # connections opened, for tests and metrics
+
+    def take_idle(self) -> UpstreamConnection | None:
+        """A pooled connection to the round-robin's next target, without waiting; None when
+        that target has none idle (then acquire() connects, keeping the rotation fair)."""
+        conn = self._idle(self.targets[self._next])
+        if conn is not None:
+            self._next = (self._next + 1) % len(self.targets)
+        return conn
+
+    def busy(self, conn: UpstreamConnection) -> None:
+        """A connection now waits for an answer: its deadline is watched."""
+        self._busy.add(conn)
+        if self._deadlines is None:
+            self._deadlines = self.loop.call_later(_DEADLINE_SWEEP, self._check_deadlines)
+
+    def idle_again(self, conn: UpstreamConnection) -> None:
+        self._busy.discard(conn)
+
+    def _check_deadlines(self) -> None:
+        self._deadlines = None
+        now = time.monotonic()
+        for conn in [c for c in self._busy if c.deadline <= now]:
+            conn.check_deadline(now)
+        if self._busy:
+            self._deadlines = self.loop.call_later(_DEADLINE_SWEEP, self._check_deadlines)
 
     async def acquire(self, fresh: bool = False) -> UpstreamConnection:
         """A connection to the next healthy target; UpstreamError if none can be reached."""
@@ -109,6 +137,7 @@ class UpstreamPool:
 
     def forget(self, conn: UpstreamConnection) -> None:
         """Called when a connection closes."""
+        self._busy.discard(conn)
         target = conn.target
         with contextlib.suppress(ValueError):
             target.idle.remove(conn)
@@ -138,6 +167,8 @@ class UpstreamPool:
     def close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._deadlines is not None:
+            self._deadlines.cancel()
         for target in self.targets:
             for conn in list(target.idle):
                 conn.close()

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
 import httptools
+import structlog
 
 from gateway.errors import (
     BadHttpRequestError,
@@ -25,7 +26,8 @@ from gateway.http import wire
 from gateway.http.exchange import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, Exchange
 from gateway.http.head import absolute_form, check_head, first_header, wants_keep_alive
 
-Handler = Callable[[Exchange], Awaitable[None]]
+log = structlog.get_logger("gateway")
+Handler = Callable[[Exchange], None]  # answers now, or starts a task; ends with ex.end()
 _TUNNEL_HIGH = 256 * 1024
 
 
@@ -44,7 +46,6 @@ class ServerContext:
     draining: bool = False
     idle: asyncio.Event = field(default_factory=asyncio.Event)  # set when in_flight drops to 0
     connections: set[HttpServerProtocol] = field(default_factory=set)
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 class HttpServerProtocol(asyncio.Protocol):
@@ -61,6 +62,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self.tunnel: asyncio.Transport | None = None
         self.closed = False
         self._parsing_stopped = False
+        self._pending: Exchange | None = None
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
@@ -86,9 +88,8 @@ class HttpServerProtocol(asyncio.Protocol):
             self._timer.cancel()
         if self.tunnel is not None:
             self.tunnel.close()
-        for ex in self.queue:
-            if ex.task is not None and not ex.task.done():
-                ex.task.cancel()  # the client went away: stop the upstream exchange too
+        for ex in list(self.queue):
+            ex.client_gone()  # the client went away: stop the upstream exchange too
         for fut in self._body_waiters.values():
             if not fut.done():
                 fut.set_result(None)
@@ -110,6 +111,7 @@ class HttpServerProtocol(asyncio.Protocol):
                 return
         try:
             self.parser.feed_data(data)
+            self._start_pending()
         except httptools.HttpParserUpgrade as upg:
             ex = self.queue[-1] if self.queue else None
             if ex is None:
@@ -119,12 +121,15 @@ class HttpServerProtocol(asyncio.Protocol):
             if ex.upgrade:
                 ex.upgrade_data = data[upg.args[0] :]
             self.pause_reading()
+            self._start_pending()
         except httptools.HttpParserCallbackError as err:
             cause = err.__context__
+            self._start_pending()
             self._parse_failed(
                 cause if isinstance(cause, GatewayError) else BadHttpRequestError("bad_request")
             )
         except httptools.HttpParserError:
+            self._start_pending()
             self._parse_failed(BadHttpRequestError("malformed_http"))
 
     def eof_received(self) -> bool | None:
@@ -211,7 +216,7 @@ class HttpServerProtocol(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         if len(self.queue) == 1:
-            self._start(ex)
+            self._pending = ex  # started once this read is parsed, outside the parser
         else:
             self.pause_reading()  # pipelining: answer in order, read on after
 
@@ -292,23 +297,27 @@ class HttpServerProtocol(asyncio.Protocol):
                 ex.preset_error = BadHttpRequestError("upgrade_with_body")
 
     # ---------------------------------------------------------------- answering
+    def _start_pending(self) -> None:
+        ex, self._pending = self._pending, None
+        if ex is not None:
+            self._start(ex)
+
     def _start(self, ex: Exchange) -> None:
+        """Hand the exchange to the handler: the fast path answers without a task."""
+        if ex.ended or self.closed:
+            return
         self.ctx.in_flight += 1
         self.ctx.idle.clear()
-        task = self.loop.create_task(self._run(ex))
-        ex.task = task
-
-    async def _run(self, ex: Exchange) -> None:
         try:
-            await self.ctx.handler(ex)
-        except asyncio.CancelledError:
-            pass
-        finally:
-            self.ctx.in_flight -= 1
-            if self.ctx.in_flight == 0:
-                self.ctx.idle.set()
-            if not ex.finished:
-                ex.abort()
+            self.ctx.handler(ex)
+        except Exception:  # a handler bug must not take the connection's other requests down
+            log.exception("handler_failed", request_id=ex.request_id)
+            ex.abort()
+
+    def exchange_ended(self, ex: Exchange) -> None:
+        self.ctx.in_flight -= 1
+        if self.ctx.in_flight == 0:
+            self.ctx.idle.set()
 
     def exchange_finished(self, ex: Exchange) -> None:
         """The answer to queue[0] is complete: close, or move to the next pipelined request."""
@@ -320,7 +329,7 @@ class HttpServerProtocol(asyncio.Protocol):
                 self.transport.close()
             return
         if self.queue:
-            self._start(self.queue[0])
+            self.loop.call_soon(self._start, self.queue[0])  # not recursively: pipelines are long
         else:
             self._arm_timer(self.ctx.keepalive_timeout)
         if self.current is None or not self.queue:

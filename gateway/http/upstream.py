@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 import httptools
@@ -19,7 +20,8 @@ if TYPE_CHECKING:
     from gateway.http.exchange import Exchange
     from gateway.http.pool import Target, UpstreamPool
 
-_IDLE_SWEEP = 1.0
+OnError = Callable[[GatewayError], None]
+_JOIN_LIMIT = 64 * 1024  # below this, pieces are joined into one write; above, writelines
 
 
 class UpstreamResetError(UpstreamError):
@@ -35,7 +37,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.ex: Exchange | None = None
-        self.done: asyncio.Future[None] | None = None
+        self.on_error: OnError | None = None
         self.closed = False
         self.reused = False
         self.idle_since = 0.0
@@ -48,8 +50,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._close_delimited = False
         self._keep_alive = True
         self._skip_rest = False
-        self._timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0  # checked by the pool's sweep, not by a timer per request
+        self.timeout = 0.0
         self._last_activity = 0.0
+        self._out: list[bytes] = []
+        self._corked = False
         self._tunnel_client: asyncio.Transport | None = None
         self._tunnel_ex: Exchange | None = None
 
@@ -88,8 +93,12 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError:
             self._fail(UpstreamError("upstream_bad_response"))
             self.close()
-        if self._skip_rest and self.ex is not None:
-            self._complete()  # HEAD answer: its head was all of it
+        ex = self.ex
+        if ex is not None:
+            if self._skip_rest:
+                self._complete()  # HEAD answer: its head was all of it
+            else:
+                ex.flush()  # one write to the client per read from the upstream
 
     def pause_writing(self) -> None:
         if self._tunnel_ex is not None:
@@ -124,71 +133,91 @@ class UpstreamConnection(asyncio.Protocol):
 
     # ---------------------------------------------------------------- exchange
     def send(
-        self, ex: Exchange, head: bytes, chunked: bool, timeout: float
-    ) -> asyncio.Future[None]:
-        """Write the head; the body follows through the BodySink methods."""
-        assert self.transport is not None
+        self, ex: Exchange, head: bytes, chunked: bool, timeout: float, on_error: OnError
+    ) -> None:
+        """Bind the exchange; the head waits for the body's first pieces (see flush)."""
         self.ex = ex
+        self.on_error = on_error
         self._head_request = ex.method == "HEAD"
         self._chunked_body = chunked
         self._got_bytes = self._head_done = self._informational = False
         self._close_delimited = self._skip_rest = False
         self._keep_alive = True
-        loop = self.pool.loop
-        self.done = loop.create_future()
-        self._last_activity = time.monotonic()
-        self._timer = loop.call_later(timeout, self._on_timeout, timeout)
-        self.transport.write(head)
-        return self.done
+        now = time.monotonic()
+        self._last_activity = now
+        self.timeout = timeout
+        self.deadline = now + timeout
+        self.pool.busy(self)
+        self._out.append(head)
+        self._corked = True
+
+    def flush(self) -> None:
+        """Write what was corked (the head and any buffered body) at once."""
+        self._corked = False
+        out, self._out = self._out, []
+        if not out or self.transport is None or self.closed:
+            return
+        if len(out) == 1:
+            self.transport.write(out[0])
+        elif sum(map(len, out)) <= _JOIN_LIMIT:
+            self.transport.write(b"".join(out))
+        else:
+            self.transport.writelines(out)
 
     def write_body(self, data: bytes) -> None:
         if self.transport is None or self.closed:
             return
         if self._chunked_body:
-            self.transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+            pieces: tuple[bytes, ...] = (b"%x\r\n" % len(data), data, b"\r\n")
         else:
-            self.transport.write(data)
+            pieces = (data,)
+        if self._corked:
+            self._out.extend(pieces)
+        else:
+            self.transport.writelines(pieces)
 
     def end_body(self) -> None:
         if self._chunked_body and self.transport is not None and not self.closed:
-            self.transport.write(b"0\r\n\r\n")
+            if self._corked:
+                self._out.append(b"0\r\n\r\n")
+            else:
+                self.transport.write(b"0\r\n\r\n")
 
     def abort_body(self, exc: GatewayError) -> None:
         self._fail(exc)
         self.abort()
 
-    def _on_timeout(self, timeout: float) -> None:
-        self._timer = None
+    def check_deadline(self, now: float) -> None:
+        """Called by the pool's sweep: `timeout` bounds the wait for the head, then the
+        silence between reads."""
         if self.ex is None:
             return
-        idle_for = time.monotonic() - self._last_activity
-        if self._head_done and idle_for < timeout:
-            self._timer = self.pool.loop.call_later(timeout - idle_for, self._on_timeout, timeout)
+        if self._head_done and now - self._last_activity < self.timeout:
+            self.deadline = self._last_activity + self.timeout
             return
         self._fail(UpstreamTimeoutError("upstream_timeout"))
         self.abort()
 
     def _detach(self) -> Exchange | None:
-        """Unbind the exchange (and its timer) from this connection."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        """Unbind the exchange from this connection."""
+        self.pool.idle_again(self)
+        self._out.clear()
+        self._corked = False
         ex, self.ex = self.ex, None
         if ex is not None:
             ex.producer = None
         return ex
 
     def _fail(self, exc: GatewayError) -> None:
-        self._detach()
-        if self.done is not None and not self.done.done():
-            self.done.set_exception(exc)
+        if self._detach() is not None and self.on_error is not None:
+            on_error, self.on_error = self.on_error, None
+            on_error(exc)
 
     def _complete(self) -> None:
         ex = self._detach()
+        self.on_error = None
         if ex is not None:
             ex.finish()
-        if self.done is not None and not self.done.done():
-            self.done.set_result(None)
         reusable = self._keep_alive and not self._close_delimited and not self._skip_rest
         if self._skip_rest:
             self.parser = httptools.HttpResponseParser(self)
@@ -267,9 +296,7 @@ class UpstreamConnection(asyncio.Protocol):
         if ex is None or self.transport is None or ex.conn.transport is None:
             self.close()
             return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.pool.idle_again(self)
         headers = [
             (n, v)
             for n, v in self._headers
@@ -287,5 +314,5 @@ class UpstreamConnection(asyncio.Protocol):
         ex.finished = True
         ex.conn.start_tunnel(self.transport, ex)
         self.ex = None
-        if self.done is not None and not self.done.done():
-            self.done.set_result(None)
+        self.on_error = None
+        ex.end()
