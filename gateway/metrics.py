@@ -2,12 +2,55 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class RequestStats(Collector):
+    """Requests by route/method/status and latency by route, kept in plain dicts (the data
+    path is single-threaded) and turned into Prometheus families only when scraped."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str, int], int] = {}
+        self.buckets: dict[str, list[int]] = {}  # per route: one count per bucket, then +Inf
+        self.sums: dict[str, float] = {}
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method if method in _METHODS else "OTHER", status)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        counts = self.buckets.get(route)
+        if counts is None:
+            counts = self.buckets[route] = [0] * (len(_BUCKETS) + 1)
+            self.sums[route] = 0.0
+        counts[bisect_left(_BUCKETS, seconds)] += 1
+        self.sums[route] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "gateway_requests", "Requests answered.", labels=["route", "method", "status"]
+        )
+        for (route, method, status), n in sorted(self.counts.items()):
+            requests.add_metric([route, method, str(status)], n)
+        yield requests
+        duration = HistogramMetricFamily(
+            "gateway_request_duration_seconds",
+            "Time from request head to the end of the answer.",
+            labels=["route"],
+        )
+        for route, counts in sorted(self.buckets.items()):
+            cumulative, running = [], 0
+            for bound, n in zip((*map(str, _BUCKETS), "+Inf"), counts, strict=True):
+                running += n
+                cumulative.append((bound, running))
+            duration.add_metric([route], cumulative, self.sums[route])
+        yield duration
 
 
 class Metrics:
@@ -16,19 +59,8 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.requests = Counter(
-            "gateway_requests_total",
-            "Requests answered.",
-            ["route", "method", "status"],
-            registry=r,
-        )
-        self.duration = Histogram(
-            "gateway_request_duration_seconds",
-            "Time from request head to the end of the answer.",
-            ["route"],
-            buckets=_BUCKETS,
-            registry=r,
-        )
+        self.stats = RequestStats()
+        r.register(self.stats)
         self.upstream_errors = Counter(
             "gateway_upstream_errors_total",
             "Upstream failures (refused, reset, timeout).",
@@ -45,23 +77,7 @@ class Metrics:
         self.reloads = Counter(
             "gateway_config_reloads_total", "Config reloads.", ["outcome"], registry=r
         )
-        self._children: dict[tuple[str, str, int], Callable[[], None]] = {}
-        self._hist: dict[str, Callable[[float], None]] = {}
-
-    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        """One answered request; label children are cached so the hot path stays cheap."""
-        m = method if method in _METHODS else "OTHER"
-        key = (route, m, status)
-        inc = self._children.get(key)
-        if inc is None:
-            inc = self.requests.labels(route, m, str(status)).inc
-            self._children[key] = inc
-        inc()
-        obs = self._hist.get(route)
-        if obs is None:
-            obs = self.duration.labels(route).observe
-            self._hist[route] = obs
-        obs(seconds)
+        self.observe = self.stats.observe
 
     def track_in_flight(self, read: Callable[[], float]) -> None:
         self.in_flight.set_function(read)
