@@ -8,7 +8,13 @@ import time
 import pytest
 import redis
 
-from gateway.authn.cache import LocalCache, negative_entry, positive_entry, token_hash
+from gateway.authn.cache import (
+    LocalCache,
+    local_key,
+    negative_entry,
+    positive_entry,
+    token_hash,
+)
 from gateway.authn.info import TokenInfo
 from gateway.config.models import CacheConfig
 from gateway.errors import InvalidTokenError
@@ -37,24 +43,26 @@ def test_lru_evicts_least_recently_used():
     """Beyond max_entries the least recently used hash goes; a peek counts as a use."""
     cache = LocalCache(CacheConfig(max_entries=3))
     now = time.time()
-    for d in "abc":
-        cache.put(d, positive_entry(info(None), now, cache.cfg))
-    assert cache.peek("a") is not None  # a is now the most recent
-    cache.put("d", positive_entry(info(None), now, cache.cfg))
-    assert list(cache.entries) == ["c", "a", "d"]
-    assert cache.peek("b") is None
+    h = {name: token_hash(name) for name in "abcd"}
+    for name in "abc":
+        cache.put(h[name], positive_entry(info(None), now, cache.cfg))
+    assert cache.peek(h["a"]) is not None  # a is now the most recent
+    cache.put(h["d"], positive_entry(info(None), now, cache.cfg))
+    assert list(cache.entries) == [local_key(h[name]) for name in "cad"]
+    assert cache.peek(h["b"]) is None
 
 
 def test_revoked_hash_is_never_cached_positively():
     """A positive answer for a revoked hash is not stored; revocations expire with the token."""
     cache = LocalCache(CacheConfig())
     now = time.time()
-    cache.revoke("h", now + 0.05)
-    cache.put("h", positive_entry(info(None), now, cache.cfg))
-    assert cache.peek("h") is None
-    assert cache.is_revoked("h", now)
+    h = token_hash("h")
+    cache.revoke(h, now + 0.05)
+    cache.put(h, positive_entry(info(None), now, cache.cfg))
+    assert cache.peek(h) is None
+    assert cache.is_revoked(h, now)
     cache.purge(now + 1)
-    assert not cache.is_revoked("h", now + 1)
+    assert not cache.is_revoked(h, now + 1)
 
 
 async def test_peek_states(make_validator):

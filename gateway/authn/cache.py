@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from hashlib import sha256
 from typing import Any
 
 from redis.asyncio import Redis
 
-from gateway.authn.info import TokenInfo
+from gateway.authn.info import TokenInfo, scope_set
 from gateway.config.models import CacheConfig
 from gateway.errors import InvalidTokenError
 from gateway.redis_conn import RedisConnection
@@ -29,6 +28,11 @@ def token_hash(token: str) -> str:
     return sha256(token.encode()).hexdigest()
 
 
+def local_key(digest: str) -> bytes:
+    """The in-process cache key of a hex digest (its first 16 bytes)."""
+    return bytes.fromhex(digest[:32])
+
+
 def token_id(digest: str) -> str:
     """What logs may show of a token: the first 12 hex digits of its sha256."""
     return digest[:12]
@@ -36,69 +40,104 @@ def token_id(digest: str) -> str:
 
 @dataclass(slots=True)
 class Entry:
-    """A cached answer: `info` None is a negative one."""
+    """A cached answer: `info` None is a negative one. Its limits are derived from
+    `cached_at`, the token's exp and the (shared) cache config rather than stored: memory per
+    cached token is what lets one process hold 100,000s of them."""
 
     info: TokenInfo | None
     cached_at: float
-    fresh_until: float
-    usable_until: float  # stale_if_error limit; equals fresh_until for negatives
+    cfg: CacheConfig
+
+    @property
+    def fresh_until(self) -> float:
+        """Positive: `ttl`, never past exp; negative: `negative_ttl`."""
+        info = self.info
+        if info is None:
+            return self.cached_at + self.cfg.negative_ttl
+        until = self.cached_at + self.cfg.ttl
+        exp = info.expires_at
+        return until if exp is None or until < exp else exp
+
+    @property
+    def usable_until(self) -> float:
+        """While sources are down: `stale_if_error` more, never past exp (negatives: fresh)."""
+        info = self.info
+        if info is None:
+            return self.fresh_until
+        until = self.cached_at + self.cfg.ttl + self.cfg.stale_if_error
+        exp = info.expires_at
+        return until if exp is None or until < exp else exp
 
 
 def positive_entry(info: TokenInfo, cached_at: float, cfg: CacheConfig) -> Entry:
     """Fresh for `ttl`, usable while sources are down for `stale_if_error` more; never past exp."""
-    exp = info.expires_at if info.expires_at is not None else float("inf")
-    return Entry(
-        info,
-        cached_at,
-        min(cached_at + cfg.ttl, exp),
-        min(cached_at + cfg.ttl + cfg.stale_if_error, exp),
-    )
+    return Entry(info, cached_at, cfg)
 
 
 def negative_entry(cached_at: float, cfg: CacheConfig) -> Entry:
     """A "not valid" answer, reused for `negative_ttl`."""
-    until = cached_at + cfg.negative_ttl
-    return Entry(None, cached_at, until, until)
+    return Entry(None, cached_at, cfg)
 
 
 class LocalCache:
-    """In-process LRU of answers (at most `max_entries`), plus the revoked-hash set."""
+    """In-process LRU of answers (at most `max_entries`), plus the revoked-hash set.
+
+    Entries are keyed by the first 16 bytes of the digest (`local_key`): a fraction of the
+    memory of the hex form, and colliding with a cached token would still take a 128-bit
+    second preimage of SHA-256. The dict's insertion order is the LRU order.
+    """
 
     def __init__(self, cfg: CacheConfig) -> None:
         self.cfg = cfg
-        self.entries: OrderedDict[str, Entry] = OrderedDict()
-        self.revoked: dict[str, float] = {}  # hash -> keep until (the token's exp)
+        self.entries: dict[bytes, Entry] = {}
+        self.revoked: dict[str, float] = {}  # hex hash -> keep until (the token's exp)
 
-    def peek(self, digest: str) -> TokenInfo | None:
-        """A fresh positive answer, or None; a fresh negative raises InvalidTokenError."""
-        entry = self.entries.get(digest)
+    def peek_raw(self, key: bytes) -> TokenInfo | None:
+        """The hot path: a fresh positive answer, or None; a fresh negative raises."""
+        entries = self.entries
+        entry = entries.get(key)
         if entry is None or time.time() >= entry.fresh_until:
             return None
-        self.entries.move_to_end(digest)
+        del entries[key]
+        entries[key] = entry  # most recently used
         if entry.info is None:
             raise InvalidTokenError("cached_negative")
         return entry.info
 
+    def peek(self, digest: str) -> TokenInfo | None:
+        """peek_raw() by hex digest."""
+        return self.peek_raw(local_key(digest))
+
     def get(self, digest: str) -> Entry | None:
         """The entry, fresh or not."""
-        return self.entries.get(digest)
+        return self.entries.get(local_key(digest))
 
     def put(self, digest: str, entry: Entry) -> None:
         """Store an answer unless the hash is revoked; evict the least recently used."""
         if entry.info is not None and digest in self.revoked:
             return
-        self.entries[digest] = entry
-        self.entries.move_to_end(digest)
-        while len(self.entries) > self.cfg.max_entries:
-            self.entries.popitem(last=False)
+        key = local_key(digest)
+        entries = self.entries
+        entries.pop(key, None)
+        entries[key] = entry
+        while len(entries) > self.cfg.max_entries:
+            del entries[next(iter(entries))]
 
     def drop(self, digest: str) -> None:
         """Forget the answer for a hash."""
-        self.entries.pop(digest, None)
+        self.entries.pop(local_key(digest), None)
+
+    def adopt(self, other: LocalCache) -> None:
+        """Take over another cache's answers and revocations (config reload)."""
+        for digest, until in other.revoked.items():
+            self.revoke(digest, until)
+        self.entries.update(other.entries)
+        for digest in self.revoked:
+            self.entries.pop(local_key(digest), None)
 
     def revoke(self, digest: str, until: float) -> None:
         """Drop the answer and refuse the hash until `until` (the token's exp)."""
-        self.entries.pop(digest, None)
+        self.entries.pop(local_key(digest), None)
         if until > self.revoked.get(digest, 0.0):
             self.revoked[digest] = until
 
@@ -134,7 +173,7 @@ def entry_from_json(raw: str, cfg: CacheConfig) -> Entry | None:
             return negative_entry(cached_at, cfg)
         info = TokenInfo(
             subject=doc.get("sub"), client_id=doc.get("client_id"), scope=doc["scope"],
-            scopes=frozenset(doc["scope"].split()), grant=doc["grant"], expires_at=doc.get("exp"),
+            scopes=scope_set(doc["scope"]), grant=doc["grant"], expires_at=doc.get("exp"),
             issued_at=doc.get("iat"), source=doc.get("source", ""),
         )  # fmt: skip
     except (ValueError, KeyError, TypeError, AttributeError):

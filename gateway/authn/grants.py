@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.authn.info import TokenInfo
+from gateway.authn.info import TokenInfo, scope_set
 from gateway.config.models import GRANTS, GrantConfig
 
 #: Lifetimes of tokens minted by `gateway token issue` when no --ttl is given (SPEC section 1).
@@ -99,7 +99,7 @@ def info_from_claims(claims: Mapping[str, Any], grant: str, source: str) -> Toke
         subject=_str(claims.get("sub")) or _str(claims.get("username")),
         client_id=_str(claims.get("client_id")) or _str(claims.get("azp")),
         scope=scope,
-        scopes=frozenset(scope.split()),
+        scopes=scope_set(scope),
         grant=grant,
         expires_at=_number(claims.get("exp")),
         issued_at=_number(claims.get("iat")),

@@ -17,3 +17,18 @@ class TokenInfo:
     expires_at: float | None  # Unix seconds
     issued_at: float | None = None
     source: str = ""  # store | jwt | introspection
+
+
+_SCOPE_SETS: dict[str, frozenset[str]] = {}
+_SCOPE_SETS_MAX = 10_000
+
+
+def scope_set(scope: str) -> frozenset[str]:
+    """The set of a scope string, shared by every token with that scope (memory per cached
+    token matters: 100,000 tokens with one scope string keep one frozenset, not 100,000)."""
+    found = _SCOPE_SETS.get(scope)
+    if found is None:
+        found = frozenset(scope.split())
+        if len(_SCOPE_SETS) < _SCOPE_SETS_MAX:
+            _SCOPE_SETS[scope] = found
+    return found

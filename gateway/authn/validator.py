@@ -134,10 +134,7 @@ class TokenValidator:
     def adopt_cache(self, old: TokenValidator) -> None:
         """Carry answers, revocations and an in-memory store over from the validator this one
         replaces on a reload (SPEC section 8: caches survive a reload)."""
-        for digest, until in old.local.revoked.items():
-            self.local.revoke(digest, until)
-        for digest, entry in old.local.entries.items():
-            self.local.put(digest, entry)
+        self.local.adopt(old.local)
         if isinstance(self.store, MemoryTokenStore) and isinstance(old.store, MemoryTokenStore):
             self.store.adopt(old.store)
 
@@ -146,7 +143,7 @@ class TokenValidator:
     def peek(self, token: str) -> TokenInfo | None:
         """A fresh in-process answer without I/O: TokenInfo, None (unknown), or raises
         InvalidTokenError for a cached negative."""
-        return self.local.peek(sha256(token.encode()).hexdigest())
+        return self.local.peek_raw(sha256(token.encode()).digest()[:16])
 
     async def validate(self, token: str) -> TokenInfo:
         """TokenInfo of an active token; raises InvalidTokenError or ValidatorUnavailableError."""
