@@ -29,25 +29,30 @@ def header_value(value: str) -> bytes:
     return _UNSAFE_VALUE.sub(lambda m: b"%%%02X" % m.group()[0], raw)
 
 
-_IDENTITY_CACHE: dict[int, tuple[TokenInfo, list[tuple[bytes, bytes]]]] = {}
+_IDENTITY_CACHE: dict[int, tuple[TokenInfo, bytes]] = {}
 _IDENTITY_CACHE_MAX = 50_000
 
 
 def identity_headers(info: TokenInfo) -> list[tuple[bytes, bytes]]:
-    """The X-Auth-* headers of a token, rendered once per TokenInfo (they never change)."""
-    hit = _IDENTITY_CACHE.get(id(info))
-    if hit is not None and hit[0] is info:  # the entry holds info, so its id is not reused
-        return hit[1]
-    headers = [
+    """The X-Auth-* headers of a token (SPEC section 7), values made header-safe."""
+    return [
         (b"x-auth-subject", header_value(info.subject or "")),
         (b"x-auth-client-id", header_value(info.client_id or "")),
         (b"x-auth-scope", header_value(info.scope)),
         (b"x-auth-grant", header_value(info.grant)),
     ]
+
+
+def identity_block(info: TokenInfo) -> bytes:
+    """identity_headers() as header lines, rendered once per TokenInfo (it never changes)."""
+    hit = _IDENTITY_CACHE.get(id(info))
+    if hit is not None and hit[0] is info:  # the entry holds info, so its id is not reused
+        return hit[1]
+    block = b"".join(n + b": " + v + b"\r\n" for n, v in identity_headers(info))
     if len(_IDENTITY_CACHE) >= _IDENTITY_CACHE_MAX:
         _IDENTITY_CACHE.clear()
-    _IDENTITY_CACHE[id(info)] = (info, headers)
-    return headers
+    _IDENTITY_CACHE[id(info)] = (info, block)
+    return block
 
 
 class TrustedProxies:
@@ -70,6 +75,20 @@ class TrustedProxies:
         return hit
 
 
+# What to do with each client header that is not simply copied (lower-case names; a name with
+# `_` is looked up again with `-`, so X_Auth_Subject cannot slip past)
+_HOP, _IDENTITY, _CREDENTIAL, _OURS, _XFF, _XF_KEEP = range(6)
+_SPECIAL: dict[bytes, int] = {
+    **dict.fromkeys(wire.HOP_BY_HOP, _HOP),
+    **dict.fromkeys(wire.IDENTITY_HEADERS, _IDENTITY),
+    **dict.fromkeys(wire.CREDENTIAL_HEADERS, _CREDENTIAL),
+    **dict.fromkeys(_SKIP_ALWAYS, _OURS),
+    b"x-forwarded-for": _XFF,
+    b"x-forwarded-proto": _XF_KEEP,
+    b"x-forwarded-host": _XF_KEEP,
+}
+
+
 def build_head(
     ex: Exchange,
     route: Route,
@@ -78,54 +97,54 @@ def build_head(
     trusted: bool,
 ) -> tuple[bytes, bool]:
     """The upstream request head, and whether its body is sent chunked."""
-    conn_tokens = wire.connection_tokens(ex.headers) if b"connection" in _names(ex) else set()
+    conn_tokens = wire.connection_tokens(ex.headers)
     forward_token = route.forward_token
     xff = b""
+    kept_proto = kept_host = False
     out: list[bytes] = []
     for name, value in ex.headers:
-        key = wire.header_name_key(name) if b"_" in name else name
-        if key in wire.HOP_BY_HOP or name in conn_tokens:
+        action = _SPECIAL.get(name)
+        if action is None and b"_" in name:
+            action = _SPECIAL.get(name.replace(b"_", b"-"))
+        if action is None:
+            if not conn_tokens or name not in conn_tokens:
+                out += (name, b": ", value, b"\r\n")
+        elif action == _HOP:
             if ex.upgrade and name in (b"connection", b"upgrade"):
                 out += (name, b": ", value, b"\r\n")
-            continue
-        if key in wire.IDENTITY_HEADERS or (key in wire.CREDENTIAL_HEADERS and not forward_token):
-            continue
-        if key in _SKIP_ALWAYS or key in wire.FORWARDED_HEADERS:
-            if trusted and key == b"x-forwarded-for":
-                xff = value if not xff else xff + b", " + value
-            elif trusted and key in (b"x-forwarded-proto", b"x-forwarded-host"):
+        elif action == _CREDENTIAL:
+            if forward_token and name not in conn_tokens:
                 out += (name, b": ", value, b"\r\n")
-            continue
-        out += (name, b": ", value, b"\r\n")
+        elif trusted and action == _XFF:
+            xff = value if not xff else xff + b", " + value
+        elif trusted and action == _XF_KEEP:
+            if name.endswith(b"proto"):
+                kept_proto = True
+            else:
+                kept_host = True
+            out += (name, b": ", value, b"\r\n")
     host = (ex.host or "").encode("latin-1")
     ip = ex.client_ip.encode()
-    extra: list[tuple[bytes, bytes]] = [
-        (b"host", host),
-        (b"x-forwarded-for", xff + b", " + ip if xff else ip),
-        (b"x-request-id", ex.request_id.encode()),
-    ]
-    if not trusted or not any(n == b"x-forwarded-proto" for n, _ in ex.headers):
-        extra.append((b"x-forwarded-proto", b"http"))
-    if not trusted or not any(n == b"x-forwarded-host" for n, _ in ex.headers):
-        extra.append((b"x-forwarded-host", host))
+    out += (
+        b"host: ", host, b"\r\nx-forwarded-for: ", xff + b", " + ip if xff else ip,
+        b"\r\nx-request-id: ", ex.request_id.encode(), b"\r\n",
+    )  # fmt: skip
+    if not kept_proto:
+        out.append(b"x-forwarded-proto: http\r\n")
+    if not kept_host:
+        out += (b"x-forwarded-host: ", host, b"\r\n")
     chunked = ex.body_mode == BODY_CHUNKED
     if chunked:
-        extra.append((b"transfer-encoding", b"chunked"))
+        out.append(b"transfer-encoding: chunked\r\n")
     elif ex.body_mode == BODY_LENGTH:
-        extra.append((b"content-length", str(ex.content_length).encode()))
+        out += (b"content-length: ", str(ex.content_length).encode(), b"\r\n")
     if info is not None:
-        extra += identity_headers(info)
+        out.append(identity_block(info))
     query = ex.query if forward_token else strip_credentials_query(ex.query)
     target = target_path + "?" + query if query else target_path
     line = f"{ex.method} {target} HTTP/1.1\r\n".encode("latin-1")
-    for name, value in extra:
-        out += (name, b": ", value, b"\r\n")
     out.append(b"\r\n")
     return line + b"".join(out), chunked
-
-
-def _names(ex: Exchange) -> set[bytes]:
-    return {n for n, _ in ex.headers}
 
 
 class Forwarder:
