@@ -97,7 +97,7 @@ def build_head(
     trusted: bool,
 ) -> tuple[bytes, bool]:
     """The upstream request head, and whether its body is sent chunked."""
-    conn_tokens = wire.connection_tokens(ex.headers)
+    conn_tokens = ex.conn_tokens
     forward_token = route.forward_token
     xff = b""
     kept_proto = kept_host = False

@@ -53,6 +53,7 @@ class Exchange:
         "bytes_sent",
         "client_ip",
         "conn",
+        "conn_tokens",
         "content_length",
         "ended",
         "error",
@@ -111,6 +112,7 @@ class Exchange:
         self.upgrade = False
         self.upgrade_data = b""
         self.preset_error: GatewayError | None = None
+        self.conn_tokens: frozenset[bytes] | set[bytes] = frozenset()  # names in Connection
         self.private_cache = False
         self.on_gone: Callable[[], object] | None = None  # stops work when the client leaves
         self.on_end: Callable[[Exchange], None] | None = None  # metrics and access log

@@ -1,29 +1,75 @@
-"""Interpreting a request head: target forms, keep-alive, and the framing checks llhttp
-leaves to us (smuggling: CL with TE, duplicate CL, TE other than exactly `chunked`)."""
+"""Interpreting a request head: one pass over the headers collects what the server needs
+(target forms, keep-alive, framing) and the smuggling checks llhttp leaves to us (CL with TE,
+duplicate CL, TE other than exactly `chunked`, missing or repeated Host)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from gateway.errors import BadHttpRequestError, GatewayError
-from gateway.http import wire
 
-if TYPE_CHECKING:
-    from gateway.http.exchange import Exchange
+_WATCHED = frozenset(
+    {
+        b"host",
+        b"transfer-encoding",
+        b"content-length",
+        b"expect",
+        b"upgrade",
+        b"x-request-id",
+        b"connection",
+    }
+)
+_EMPTY: frozenset[bytes] = frozenset()
 
 
-def first_header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    for n, v in headers:
-        if n == name:
-            return v
-    return None
+class HeadScan:
+    """The headers the server itself acts on, gathered in one pass."""
 
+    __slots__ = ("cl", "connection", "expect", "hosts", "request_id", "te", "upgrade")
 
-def wants_keep_alive(version: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
-    tokens = wire.connection_tokens(headers)
-    if b"close" in tokens:
-        return False
-    return version == b"1.1" or b"keep-alive" in tokens
+    def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
+        self.hosts: list[bytes] = []
+        self.te: list[bytes] = []
+        self.cl: list[bytes] = []
+        self.expect: bytes | None = None
+        self.upgrade: bytes | None = None
+        self.request_id: bytes | None = None
+        tokens: set[bytes] | None = None
+        for name, value in headers:
+            if name not in _WATCHED:
+                continue
+            if name == b"host":
+                self.hosts.append(value)
+            elif name == b"transfer-encoding":
+                self.te.append(value)
+            elif name == b"content-length":
+                self.cl.append(value)
+            elif name == b"connection":
+                tokens = tokens or set()
+                tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
+            elif name == b"expect":
+                self.expect = self.expect or value
+            elif name == b"upgrade":
+                self.upgrade = self.upgrade or value
+            elif self.request_id is None:
+                self.request_id = value
+        self.connection: frozenset[bytes] | set[bytes] = tokens or _EMPTY
+
+    def keep_alive(self, version: bytes) -> bool:
+        if b"close" in self.connection:
+            return False
+        return version == b"1.1" or b"keep-alive" in self.connection
+
+    def check(self, version: bytes, path: bytes) -> GatewayError | None:
+        """Framing and target checks llhttp leaves to us."""
+        if not path.startswith(b"/"):
+            return BadHttpRequestError("bad_request_target")
+        if len(self.hosts) > 1 or (version == b"1.1" and not self.hosts):
+            return BadHttpRequestError("bad_host_header")
+        te, cl = self.te, self.cl
+        if te and (cl or len(te) > 1 or te[0].strip().lower() != b"chunked" or version != b"1.1"):
+            return BadHttpRequestError("bad_transfer_encoding")
+        if len(cl) > 1 or (cl and not cl[0].isdigit()):
+            return BadHttpRequestError("bad_content_length")
+        return None
 
 
 def absolute_form(url: bytes) -> tuple[bytes, bytes, bytes | None]:
@@ -37,18 +83,3 @@ def absolute_form(url: bytes) -> tuple[bytes, bytes, bytes | None]:
             path, _, query = target.partition(b"?")
             return path, query, authority.rpartition(b"@")[2] or None
     return url, b"", None
-
-
-def check_head(ex: Exchange, hosts: list[bytes], path: bytes) -> GatewayError | None:
-    """Framing and target checks llhttp leaves to us."""
-    if not path.startswith(b"/"):
-        return BadHttpRequestError("bad_request_target")
-    if len(hosts) > 1 or (ex.version == b"1.1" and not hosts):
-        return BadHttpRequestError("bad_host_header")
-    te = [v for n, v in ex.headers if n == b"transfer-encoding"]
-    cl = [v for n, v in ex.headers if n == b"content-length"]
-    if te and (cl or len(te) > 1 or te[0].strip().lower() != b"chunked" or ex.version != b"1.1"):
-        return BadHttpRequestError("bad_transfer_encoding")
-    if len(cl) > 1 or (cl and not cl[0].isdigit()):
-        return BadHttpRequestError("bad_content_length")
-    return None

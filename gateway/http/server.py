@@ -24,7 +24,7 @@ from gateway.errors import (
 )
 from gateway.http import wire
 from gateway.http.exchange import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, Exchange
-from gateway.http.head import absolute_form, check_head, first_header, wants_keep_alive
+from gateway.http.head import HeadScan, absolute_form
 
 log = structlog.get_logger("gateway")
 Handler = Callable[[Exchange], None]  # answers now, or starts a task; ends with ex.end()
@@ -71,6 +71,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self._read_paused = False
         self._write_paused = False
         self._timer: asyncio.TimerHandle | None = None
+        self._idle_deadline = 0.0
         self._body_waiters: dict[Exchange, asyncio.Future[None]] = {}
 
     # ------------------------------------------------------------------ transport
@@ -176,14 +177,20 @@ class HttpServerProtocol(asyncio.Protocol):
             self.transport.abort()
 
     def _arm_timer(self, seconds: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self.loop.call_later(seconds, self._on_timeout)
+        """Close the connection once it has been idle for `seconds`. Re-arming is lazy: a
+        pending timer is kept and, when it fires early, re-armed for the rest of the wait."""
+        self._idle_deadline = self.loop.time() + seconds
+        if self._timer is None:
+            self._timer = self.loop.call_at(self._idle_deadline, self._on_timeout)
 
     def _on_timeout(self) -> None:
         self._timer = None
-        if not self.queue and self.transport is not None:
-            self.transport.close()  # idle keep-alive or a slow head (slowloris)
+        if self.queue or self.transport is None:
+            return  # busy: the next idle period arms it again
+        if self.loop.time() < self._idle_deadline:
+            self._timer = self.loop.call_at(self._idle_deadline, self._on_timeout)
+            return
+        self.transport.close()  # idle keep-alive or a slow head (slowloris)
 
     # ------------------------------------------------------------- parser callbacks
     def on_message_begin(self) -> None:
@@ -212,9 +219,6 @@ class HttpServerProtocol(asyncio.Protocol):
         ex = self._new_exchange()
         self.current = ex
         self.queue.append(ex)
-        if self._timer is not None and len(self.queue) == 1:
-            self._timer.cancel()
-            self._timer = None
         if len(self.queue) == 1:
             self._pending = ex  # started once this read is parsed, outside the parser
         else:
@@ -241,14 +245,12 @@ class HttpServerProtocol(asyncio.Protocol):
         method = p.get_method().decode("ascii", "replace")
         version = p.get_http_version().encode()
         headers = self._headers
-        hosts = [v for n, v in headers if n == b"host"]
+        scan = HeadScan(headers)
         if self._url.startswith(b"/"):
             path, _, query = self._url.partition(b"?")
-            host: bytes | None = hosts[0] if hosts else None
+            host: bytes | None = scan.hosts[0] if scan.hosts else None
         else:
             path, query, host = absolute_form(self._url)
-        keep_alive = wants_keep_alive(version, headers) and not self.ctx.draining
-        rid = wire.request_id(first_header(headers, b"x-request-id"))
         ex = Exchange(
             self,
             method,
@@ -256,38 +258,38 @@ class HttpServerProtocol(asyncio.Protocol):
             query.decode("latin-1"),
             headers,
             version,
-            keep_alive,
+            scan.keep_alive(version) and not self.ctx.draining,
             host.decode("latin-1").lower() if host is not None else None,
-            rid,
+            wire.request_id(scan.request_id),
         )
+        ex.conn_tokens = scan.connection
         if method == "CONNECT":
             ex.preset_error = BadHttpRequestError("connect_not_supported")
         else:
-            ex.preset_error = check_head(ex, hosts, path)
-        self._set_body_mode(ex)
+            ex.preset_error = scan.check(version, path)
+        self._set_body_mode(ex, scan)
         if self.ctx.in_flight >= self.ctx.max_in_flight and ex.preset_error is None:
             ex.preset_error = OverloadedError("max_in_flight")
         return ex
 
-    def _set_body_mode(self, ex: Exchange) -> None:
-        te = first_header(ex.headers, b"transfer-encoding")
-        cl = first_header(ex.headers, b"content-length")
-        if te is not None:
+    def _set_body_mode(self, ex: Exchange, scan: HeadScan) -> None:
+        if scan.te:
             ex.body_mode = BODY_CHUNKED
             ex.body_complete = False
-        elif cl is not None:
+        elif scan.cl:
+            cl = scan.cl[0]
             ex.content_length = int(cl) if cl.isdigit() else 0
             if ex.content_length > 0:
                 ex.body_mode = BODY_LENGTH
                 ex.body_complete = False
-        expect = first_header(ex.headers, b"expect")
+        expect = scan.expect
         if expect is not None:
             if expect.lower() == b"100-continue":
                 ex.expect_continue = ex.version == b"1.1"
             elif ex.preset_error is None:
                 ex.preset_error = BadHttpRequestError("unsupported_expectation")
-        upgrade = first_header(ex.headers, b"upgrade")
-        if upgrade is not None and b"upgrade" in wire.connection_tokens(ex.headers):
+        upgrade = scan.upgrade
+        if upgrade is not None and b"upgrade" in scan.connection:
             ex.keep_alive = False  # llhttp stops parsing after an Upgrade request's head
             if upgrade.strip().lower() == b"websocket":
                 ex.upgrade = True
