@@ -539,3 +539,23 @@ async def test_access_log_line_without_credentials(echo_upstream, make_gateway, 
     assert line["upstream"] == "api"
     assert line["duration_ms"] >= 0
     assert line["bytes"] > 0
+
+
+async def test_upstream_hop_by_hop_answer_headers_are_removed(raw_upstream, make_gateway):
+    """Headers the upstream names in Connection, its hop-by-hop ones and its request id stay behind."""
+    up = await raw_upstream(
+        b"HTTP/1.1 200 OK\r\nConnection: X-Internal, keep-alive\r\nX-Internal: secret\r\n"
+        b"Keep-Alive: timeout=5\r\nX-Request-Id: upstream-id\r\nX-Kept: 1\r\nContent-Length: 2\r\n\r\nok"
+    )
+    gw = await make_gateway(base_config(f"http://127.0.0.1:{up.port}"))
+    out = await raw_exchange(
+        gw.port, b"GET / HTTP/1.1\r\nHost: x\r\nX-Request-Id: mine\r\nConnection: close\r\n\r\n"
+    )
+    head = out.split(b"\r\n\r\n")[0].lower()
+    assert out.startswith(b"HTTP/1.1 200")
+    assert b"x-internal" not in head
+    assert b"keep-alive:" not in head
+    assert b"x-kept: 1" in head
+    assert head.count(b"x-request-id") == 1
+    assert b"x-request-id: mine" in head
+    assert out.endswith(b"\r\n\r\nok")

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from gateway.http.pool import Target, UpstreamPool
 
 OnError = Callable[[GatewayError], None]
+#: response headers not simply copied: framing, hop-by-hop, ours (X-Request-Id), Cache-Control
+_RESPONSE_SPECIAL = wire.HOP_BY_HOP | {b"content-length", b"x-request-id", b"cache-control"}
+_CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive"})
 _JOIN_LIMIT = 64 * 1024  # below this, pieces are joined into one write; above, writelines
 
 
@@ -242,26 +245,26 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self._head_done = True
         headers = self._headers
-        tokens = wire.connection_tokens(headers)
-        version = self.parser.get_http_version()
-        self._keep_alive = b"close" not in tokens and (version == "1.1" or b"keep-alive" in tokens)
         length: int | None = None
         chunked = False
+        tokens: set[bytes] = set()
         out: list[tuple[bytes, bytes]] = []
-        for name, value in headers:
-            if name == b"content-length":
+        for name, value in headers:  # one pass; most headers are copied as they are
+            if name not in _RESPONSE_SPECIAL:
+                out.append((name, value))
+            elif name == b"content-length":
                 length = int(value)
             elif name == b"transfer-encoding":
                 chunked = True
-            elif (
-                name in wire.HOP_BY_HOP
-                or name in tokens
-                or name == b"x-request-id"
-                or (name == b"cache-control" and ex.private_cache)
-            ):
-                continue
-            else:
+            elif name == b"connection":
+                tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
+            elif name == b"cache-control" and not ex.private_cache:
                 out.append((name, value))
+        version = self.parser.get_http_version()
+        self._keep_alive = b"close" not in tokens and (version == "1.1" or b"keep-alive" in tokens)
+        named = tokens - _CONNECTION_OPTIONS
+        if named:  # headers listed in Connection are for this hop only
+            out = [(n, v) for n, v in out if n not in named]
         no_body = self._head_request or status in (204, 304) or status == 101
         if chunked:
             length = None
