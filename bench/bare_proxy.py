@@ -9,12 +9,10 @@ dropped both ways. What the gateway must beat by a wide margin.
 
 from __future__ import annotations
 
-import argparse
-
 import aiohttp
-import uvloop
 from aiohttp import web
 from multidict import CIMultiDict
+from procs import serve_helper
 
 HOP = frozenset(
     {
@@ -69,18 +67,10 @@ def build_app(upstream: str) -> web.Application:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--upstream", required=True)
-    args = p.parse_args()
-    web.run_app(
-        build_app(args.upstream),
-        host=args.host,
-        port=args.port,
-        access_log=None,
-        print=None,
-        loop=uvloop.new_event_loop(),
+    serve_helper(
+        lambda args: build_app(args.upstream),
+        __doc__.splitlines()[0],
+        upstream={"required": True},
     )
 
 

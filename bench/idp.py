@@ -10,11 +10,10 @@ caches the answer, so this stays at one per gateway process).
 
 from __future__ import annotations
 
-import argparse
 import time
 
-import uvloop
 from aiohttp import web
+from procs import serve_helper
 
 
 def build_app(token: str) -> web.Application:
@@ -46,18 +45,8 @@ def build_app(token: str) -> web.Application:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--token", required=True)
-    args = p.parse_args()
-    web.run_app(
-        build_app(args.token),
-        host=args.host,
-        port=args.port,
-        access_log=None,
-        print=None,
-        loop=uvloop.new_event_loop(),
+    serve_helper(
+        lambda args: build_app(args.token), __doc__.splitlines()[0], token={"required": True}
     )
 
 

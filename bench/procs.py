@@ -7,6 +7,7 @@ read from /proc/<pid>/stat (utime + stime) of the process and all its descendant
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import shutil
@@ -14,9 +15,9 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 HOST = "127.0.0.1"
@@ -146,3 +147,24 @@ class Stack:
         for proc in reversed(self.procs):
             proc.stop()
         self.procs.clear()
+
+
+def serve_helper(
+    build: Callable[[argparse.Namespace], Any], description: str, **extra: Any
+) -> None:
+    """`main()` of a helper server script: `--host`, `--port` and the script's own options
+    (`extra`: name -> argparse kwargs), then the aiohttp app that `build(args)` returns, on
+    uvloop, with no access log."""
+    import uvloop
+    from aiohttp import web
+
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    for name, kwargs in extra.items():
+        p.add_argument(f"--{name}", **kwargs)
+    args = p.parse_args()
+    web.run_app(
+        build(args), host=args.host, port=args.port, access_log=None, print=None,
+        loop=uvloop.new_event_loop(),
+    )  # fmt: skip
