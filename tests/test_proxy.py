@@ -559,3 +559,21 @@ async def test_upstream_hop_by_hop_answer_headers_are_removed(raw_upstream, make
     assert head.count(b"x-request-id") == 1
     assert b"x-request-id: mine" in head
     assert out.endswith(b"\r\n\r\nok")
+
+
+async def test_large_head_split_across_reads_is_accepted(echo_upstream, make_gateway):
+    """A head under max_header_bytes arriving in several reads is not counted twice (no 431)."""
+    gw = await make_gateway(base_config(echo_upstream.url))
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    head = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(
+        b"X-H%d: %s\r\n" % (i, b"v" * 100) for i in range(110)
+    )
+    assert 11_000 < len(head) < 16 * 1024
+    writer.write(head[:200])
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    writer.write(head[200:] + b"Connection: close\r\n\r\n")
+    await writer.drain()
+    out = await asyncio.wait_for(reader.read(), 3)
+    writer.close()
+    assert out.startswith(b"HTTP/1.1 200")

@@ -28,7 +28,6 @@ from gateway.http.head import HeadScan, absolute_form
 
 log = structlog.get_logger("gateway")
 Handler = Callable[[Exchange], None]  # answers now, or starts a task; ends with ex.end()
-_TUNNEL_HIGH = 256 * 1024
 
 
 @dataclass
@@ -65,7 +64,8 @@ class HttpServerProtocol(asyncio.Protocol):
         self._pending: Exchange | None = None
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
-        self._head_bytes = 0
+        self._raw_head_bytes = 0  # bytes read while a head is incomplete (llhttp buffers them)
+        self._header_bytes = 0  # parsed header names and values, against max_header_bytes
         self._in_head = False
         self._in_trailers = False
         self._read_paused = False
@@ -105,9 +105,9 @@ class HttpServerProtocol(asyncio.Protocol):
                 self.queue[-1].upgrade_data += data  # before the tunnel is up
             return  # after an ignored Upgrade (h2c) nothing more is read on this connection
         if self._in_head:
-            self._head_bytes += len(data)
+            self._raw_head_bytes += len(data)
             limit = self.ctx.max_header_bytes + self.ctx.max_url_bytes + 1024
-            if self._head_bytes > limit:
+            if self._raw_head_bytes > limit:
                 self._parse_failed(HeadersTooLargeError("head_over_limit"))
                 return
         try:
@@ -196,7 +196,7 @@ class HttpServerProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
-        self._head_bytes = 0
+        self._raw_head_bytes = self._header_bytes = 0
         self._in_head = True
         self._in_trailers = False
 
@@ -206,8 +206,8 @@ class HttpServerProtocol(asyncio.Protocol):
             raise UriTooLongError("url_over_limit")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_bytes += len(name) + len(value) + 4
-        if self._head_bytes > self.ctx.max_header_bytes + len(self._url):
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > self.ctx.max_header_bytes:
             raise HeadersTooLargeError("headers_over_limit")
         if self._in_trailers:
             return  # chunked trailer fields are never merged into the head (RFC 9110 6.5.1)
@@ -235,9 +235,7 @@ class HttpServerProtocol(asyncio.Protocol):
             return
         if not ex.upgrade:
             ex.end_of_body()
-        fut = self._body_waiters.pop(ex, None)
-        if fut is not None and not fut.done():
-            fut.set_result(None)
+        self.wake_body_waiter(ex)
 
     # ------------------------------------------------------------ request building
     def _new_exchange(self) -> Exchange:
@@ -374,13 +372,7 @@ class HttpServerProtocol(asyncio.Protocol):
         if ex.upgrade_data:
             upstream.write(ex.upgrade_data)
             ex.upgrade_data = b""
-        self._read_paused = True
-        self.resume_reading_tunnel()
-
-    def resume_reading_tunnel(self) -> None:
-        if self.transport is not None and not self.closed and self._read_paused:
-            self._read_paused = False
-            self.transport.resume_reading()
+        self.resume_reading()  # paused when the Upgrade head was parsed
 
 
 def make_protocol_factory(ctx: ServerContext) -> Callable[[], HttpServerProtocol]:

@@ -111,7 +111,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         if self._tunnel_ex is not None:
-            self._tunnel_ex.conn.resume_reading_tunnel()
+            self._tunnel_ex.resume_reading()
         elif self.ex is not None:
             self.ex.resume_reading()
 
