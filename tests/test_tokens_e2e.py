@@ -488,3 +488,15 @@ async def test_redis_down_at_start_keeps_serving(make_gateway, echo_upstream, id
     assert (await _get(gw.url + "/public"))[0] == 200
     assert (await _get(gw.url + "/v1/items", _bearer("idp-token")))[0] == 200
     assert (await _get(gw.url + "/v1/items", _bearer("nobody-knows")))[0] == 503
+
+
+async def test_large_form_body_with_token_is_not_stalled(make_gateway, echo_upstream):
+    """A form body larger than the relay buffer is read whole, the token found and removed."""
+    tokens = {"sources": [{"type": "store"}], "form_param": True}
+    gw, v = await _gateway(make_gateway, echo_upstream, tokens=tokens)
+    token = await v.issue("implicit", "web-app", "alice", "")
+    body = f"access_token={token}&data=" + "x" * 600_000
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    status, _, _ = await asyncio.wait_for(_get(gw.url + "/v1/items", form, "POST", body), 5)
+    assert status == 200
+    assert echo_upstream.last["body_size"] == len("data=") + 600_000

@@ -46,6 +46,7 @@ class Exchange:
         "_no_body_out",
         "_out",
         "_sink",
+        "_whole_body",
         "body_complete",
         "body_limit",
         "body_mode",
@@ -128,6 +129,7 @@ class Exchange:
         self._body_chunks: list[bytes] = []
         self._buffered = 0
         self._sink: BodySink | None = None
+        self._whole_body = False  # a handler awaits the complete body (bounded by body_limit)
         self._body_exc: GatewayError | None = None
         self._chunked_out = False
         self._no_body_out = False
@@ -161,7 +163,7 @@ class Exchange:
             return
         self._body_chunks.append(data)
         self._buffered += len(data)
-        if self._buffered > _BUFFER_HIGH:
+        if self._buffered > _BUFFER_HIGH and not self._whole_body:
             self.conn.pause_reading()
 
     def end_of_body(self) -> None:
@@ -197,6 +199,10 @@ class Exchange:
         if self.body_complete and self.body_mode != BODY_NONE:
             sink.end_body()
         self.conn.resume_reading()
+
+    def want_whole_body(self) -> None:
+        """Buffer the body to its end without pausing the client (max_body bounds it)."""
+        self._whole_body = True
 
     def take_buffered_body(self) -> bytes:
         """The whole body when it is complete and buffered (form-token extraction)."""

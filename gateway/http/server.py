@@ -358,6 +358,7 @@ class HttpServerProtocol(asyncio.Protocol):
             return
         fut = self.loop.create_future()
         self._body_waiters[ex] = fut
+        ex.want_whole_body()
         self.resume_reading()
         await fut
 
