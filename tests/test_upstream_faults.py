@@ -7,7 +7,7 @@ import time
 
 import aiohttp
 
-from tests.fixtures.servers import base_config
+from tests.fixtures.servers import base_config, raw_exchange
 
 
 async def _timed_get(url: str) -> tuple[int, float]:
@@ -52,3 +52,32 @@ async def test_max_connections_per_upstream_target(echo_upstream, make_gateway):
     assert [s for s, _ in results] == [200] * 8
     assert echo_upstream.connections == 2
     assert max(t for _, t in results) >= 0.6  # four rounds of 0.2 s through two connections
+
+
+async def test_early_answer_before_the_body_is_sent_does_not_reuse_the_connection(make_gateway):
+    """An upstream answering before it got the whole request body: that connection is not
+    reused, so the next request is not read as the rest of the body (no desync)."""
+    seen: list[bytes] = []
+
+    async def naive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:  # answers each head at once and never reads bodies
+                head = await reader.readuntil(b"\r\n\r\n")
+                seen.append(head.split(b"\r\n")[0])
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(naive, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    gw = await make_gateway(base_config(f"http://127.0.0.1:{port}"))
+    _, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    writer.write(b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b"a" * 10)
+    await writer.drain()
+    await asyncio.sleep(0.3)  # the upstream has answered; 90 body bytes are still due
+    out = await raw_exchange(gw.port, b"GET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    writer.close()
+    server.close()
+    assert out.startswith(b"HTTP/1.1 200")
+    assert seen == [b"POST /p HTTP/1.1", b"GET /next HTTP/1.1"]

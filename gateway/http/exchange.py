@@ -204,6 +204,14 @@ class Exchange:
         """Buffer the body to its end without pausing the client (max_body bounds it)."""
         self._whole_body = True
 
+    def detach_sink(self, sink: BodySink) -> None:
+        """The sink is done with this exchange: body bytes still to come are dropped (the
+        answer has been given; the client connection closes after it)."""
+        if self._sink is sink:
+            self._sink = None
+            if not self.body_complete and self._body_exc is None:
+                self._body_exc = BadHttpRequestError("body_after_answer")
+
     def take_buffered_body(self) -> bytes:
         """The whole body when it is complete and buffered (form-token extraction)."""
         return b"".join(self._body_chunks)
@@ -246,8 +254,7 @@ class Exchange:
         if not self.body_complete or self._body_exc is not None:
             self.keep_alive = False  # an unread request body cannot be skipped safely
         if length is not None:
-            if not (no_body and self.method == "HEAD" and length == 0):
-                out.append((b"content-length", str(length).encode()))
+            out.append((b"content-length", str(length).encode()))
         elif not no_body and status not in (204, 304):
             if self.version == b"1.1":
                 self._chunked_out = True

@@ -103,17 +103,16 @@ class UpstreamConnection(asyncio.Protocol):
             else:
                 ex.flush()  # one write to the client per read from the upstream
 
+    # The upstream reads slowly: stop reading the client (request body, or tunnel bytes)
     def pause_writing(self) -> None:
-        if self._tunnel_ex is not None:
-            self._tunnel_ex.pause_reading()
-        elif self.ex is not None:
-            self.ex.pause_reading()
+        ex = self._tunnel_ex or self.ex
+        if ex is not None:
+            ex.pause_reading()
 
     def resume_writing(self) -> None:
-        if self._tunnel_ex is not None:
-            self._tunnel_ex.resume_reading()
-        elif self.ex is not None:
-            self.ex.resume_reading()
+        ex = self._tunnel_ex or self.ex
+        if ex is not None:
+            ex.resume_reading()
 
     # Producer: the client is slow, stop reading the upstream
     def pause_producing(self) -> None:
@@ -209,6 +208,7 @@ class UpstreamConnection(asyncio.Protocol):
         ex, self.ex = self.ex, None
         if ex is not None:
             ex.producer = None
+            ex.detach_sink(self)  # no more body bytes into a connection it no longer owns
         return ex
 
     def _fail(self, exc: GatewayError) -> None:
@@ -217,14 +217,19 @@ class UpstreamConnection(asyncio.Protocol):
             on_error(exc)
 
     def _complete(self) -> None:
+        # An answer can complete before the request body was all sent (an upstream answering
+        # early): the upstream would read the next request as the rest of that body (desync).
+        sent_all = self.ex is None or (self.ex.body_complete and self.ex.body_error is None)
         ex = self._detach()
         self.on_error = None
         if ex is not None:
             ex.finish()
-        reusable = self._keep_alive and not self._close_delimited and not self._skip_rest
+        reusable = (
+            sent_all and self._keep_alive and not self._close_delimited and not self._skip_rest
+        )
         if self._skip_rest:
             self.parser = httptools.HttpResponseParser(self)
-            reusable = self._keep_alive
+            reusable = sent_all and self._keep_alive
             self._skip_rest = False
         self.pool.release(self, reusable)
 
