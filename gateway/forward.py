@@ -11,13 +11,14 @@ from gateway.config.models import GatewayConfig
 from gateway.errors import GatewayError, UpstreamError
 from gateway.extract import strip_credentials_query
 from gateway.http import wire
-from gateway.http.exchange import BODY_CHUNKED, BODY_LENGTH, Exchange
+from gateway.http.exchange import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, Exchange
 from gateway.http.pool import UpstreamPool
 from gateway.http.upstream import UpstreamConnection, UpstreamResetError
 from gateway.pipeline import spawn
 from gateway.routing import Route
 
 _UNSAFE_VALUE = re.compile(rb"[^\x20-\x7e]")
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})  # RFC 9110 9.2.2
 _SKIP_ALWAYS = frozenset({b"x-request-id", b"content-length", b"expect", b"host"})
 
 
@@ -153,14 +154,15 @@ class Forwarder:
     def __init__(self, cfg: GatewayConfig, pools: dict[str, UpstreamPool]) -> None:
         self.pools = pools
         self.trusted = TrustedProxies(cfg.trusted_proxies)
-        self.timeouts = {name: u.timeout for name, u in cfg.upstreams.items()}
 
     def forward(self, ex: Exchange, route: Route, info: TokenInfo | None) -> None:
         """Relay the exchange: at once on an idle pooled connection, else after connecting."""
         pool = self.pools[route.upstream]
         ex.send_continue()
         conn = None if ex.upgrade else pool.take_idle()
-        retry = ex.body_mode == 0 and not ex.upgrade
+        # a kept-alive connection may be closed under us; retrying is safe only without a body
+        # and for idempotent methods (the upstream may have acted before the reset)
+        retry = ex.body_mode == BODY_NONE and not ex.upgrade and ex.method in _IDEMPOTENT
         if conn is None:
             spawn(ex, self._connect_and_send(ex, route, info, pool, ex.upgrade, retry))
         else:
@@ -202,7 +204,7 @@ class Forwarder:
                 exc = UpstreamError("upstream_reset")
             ex.fail(exc)
 
-        conn.send(ex, head, chunked, self.timeouts[route.upstream], on_error)
+        conn.send(ex, head, chunked, conn.pool.cfg.timeout, on_error)
         ex.on_gone = conn.abort
         ex.attach_sink(conn)
         conn.flush()

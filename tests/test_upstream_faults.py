@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import aiohttp
+import pytest
 
 from tests.fixtures.servers import base_config, raw_exchange
 
@@ -81,3 +82,43 @@ async def test_early_answer_before_the_body_is_sent_does_not_reuse_the_connectio
     server.close()
     assert out.startswith(b"HTTP/1.1 200")
     assert seen == [b"POST /p HTTP/1.1", b"GET /next HTTP/1.1"]
+
+
+async def _one_answer_per_connection_upstream(seen: list[bytes]) -> asyncio.Server:
+    """Answers the first request of each connection (keep-alive), then closes the connection
+    when a second one arrives on it, without answering: a stale kept-alive connection."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        seen.append(head.split(b"\r\n")[0])
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            seen.append(head.split(b"\r\n")[0])
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+@pytest.mark.parametrize(
+    ("method", "status", "attempts"),
+    [("GET", 200, 2), ("DELETE", 200, 2), ("POST", 502, 1), ("PATCH", 502, 1)],
+)
+async def test_reset_on_a_kept_alive_connection_retries_only_idempotent_methods(
+    make_gateway, method, status, attempts
+):
+    """A request lost on a stale kept-alive connection is retried once only when idempotent."""
+    seen: list[bytes] = []
+    server = await _one_answer_per_connection_upstream(seen)
+    port = server.sockets[0].getsockname()[1]
+    gw = await make_gateway(base_config(f"http://127.0.0.1:{port}"))
+    async with aiohttp.ClientSession() as s:
+        async with s.get(gw.url + "/warm") as r:
+            assert r.status == 200
+        async with s.request(method, gw.url + "/x") as r:
+            assert r.status == status
+    server.close()
+    assert seen.count(f"{method} /x HTTP/1.1".encode()) == attempts

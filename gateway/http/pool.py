@@ -39,13 +39,12 @@ class UpstreamPool:
     def __init__(self, name: str, cfg: UpstreamConfig) -> None:
         self.name = name
         self.cfg = cfg
-        self.loop = asyncio.get_event_loop()
+        self.loop = asyncio.get_running_loop()
         self.targets = [Target.parse(u) for u in cfg.all_targets]
         self._next = 0
         self._sweeper: asyncio.TimerHandle | None = None
         self._busy: set[UpstreamConnection] = set()
         self._deadlines: asyncio.TimerHandle | None = None
-        self.connects = 0  # connections opened, for tests and metrics
 
     def take_idle(self) -> UpstreamConnection | None:
         """A pooled connection to the round-robin's next target, without waiting; None when
@@ -121,7 +120,6 @@ class UpstreamPool:
             target.count -= 1
             self._wake(target)
             raise UpstreamError("upstream_refused") from None
-        self.connects += 1
         return proto
 
     def release(self, conn: UpstreamConnection, reusable: bool) -> None:

@@ -52,7 +52,7 @@ class HttpServerProtocol(asyncio.Protocol):
 
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
-        self.loop = asyncio.get_event_loop()
+        self.loop = asyncio.get_running_loop()
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.client_ip = ""
