@@ -109,6 +109,10 @@ class MethodNotAllowedError(GatewayError):
     error_code = "method_not_allowed"
     description = "The method is not allowed on this resource."
 
+    def __init__(self, allow: tuple[str, ...], reason: str | None = None) -> None:
+        self.allow = ", ".join(allow)  # for the Allow header (RFC 9110 15.5.6)
+        super().__init__(reason)
+
 
 class PayloadTooLargeError(GatewayError):
     status = 413

@@ -102,10 +102,7 @@ class Pipeline:
         self.rt.forwarder.forward(ex, route, info)
 
     async def _validate_then_forward(self, ex: Exchange, route: Route, creds: Credentials) -> None:
-        assert creds.token is not None
-        info = await self.rt.validator.validate(creds.token)
-        authorize(info, route, creds, self.rt.apps, time.time())
-        self.rt.forwarder.forward(ex, route, info)
+        self.rt.forwarder.forward(ex, route, await self._verify(route, creds))
 
     async def _authenticate_then_forward(self, ex: Exchange, route: Route) -> None:
         info = await self.authenticate(ex, route)
@@ -137,11 +134,13 @@ class Pipeline:
 
     async def authenticate(self, ex: Exchange, route: Route) -> TokenInfo:
         """The slow path of extract → authenticate → authorize (also used by forward-auth)."""
-        creds = await self.credentials(ex, route)
-        token = creds.token
-        assert token is not None
+        return await self._verify(route, await self.credentials(ex, route))
+
+    async def _verify(self, route: Route, creds: Credentials) -> TokenInfo:
+        """authenticate (cache, then the token sources) and authorize."""
+        assert creds.token is not None
         validator = self.rt.validator
-        info = validator.peek(token) or await validator.validate(token)
+        info = validator.peek(creds.token) or await validator.validate(creds.token)
         authorize(info, route, creds, self.rt.apps, time.time())
         return info
 

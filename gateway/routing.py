@@ -224,7 +224,8 @@ def _regex_head(pattern: str) -> str | None:
 
 
 def route_for(table: RouteTable, method: str, host: str | None, raw_path: str) -> Route | None:
-    """Normalise a client path, then match it: the one way the gateway picks a route."""
+    """Normalise a client path, then match it: what Pipeline.handle does (it keeps the
+    normalised path for the upstream, so it calls the two steps itself)."""
     return table.match(method, host, normalize_path(raw_path))
 
 

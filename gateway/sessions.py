@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from gateway.http.exchange import Exchange
     from gateway.pipeline import Pipeline
 
+_METHODS = ("GET", "HEAD", "DELETE")
 _HEADERS = ((b"content-type", b"application/json"), (b"cache-control", b"no-store"))
 
 
@@ -23,8 +24,8 @@ class SessionEndpoint:
         self.pipeline = pipeline
 
     async def handle(self, ex: Exchange) -> None:
-        if ex.method not in ("GET", "HEAD", "DELETE"):
-            raise MethodNotAllowedError("session_method")
+        if ex.method not in _METHODS:
+            raise MethodNotAllowedError(_METHODS, "session_method")
         creds = await self.pipeline.credentials(ex, None)
         token = creds.token
         assert token is not None

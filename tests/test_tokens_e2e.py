@@ -420,6 +420,7 @@ async def test_session_endpoint(make_gateway, echo_upstream):
             assert r.status == 401
         async with s.post(gw.url + "/oauth20/access-token", headers=_bearer(token)) as r:
             assert r.status == 405
+            assert r.headers["Allow"] == "GET, HEAD, DELETE"
         async with s.get(gw.url + "/oauth20/access-token") as r:
             assert r.status == 401
     assert echo_upstream.requests == 0

@@ -9,7 +9,7 @@ from http import HTTPStatus
 
 import orjson
 
-from gateway.errors import GatewayError, InsufficientScopeError
+from gateway.errors import GatewayError, InsufficientScopeError, MethodNotAllowedError
 
 HOP_BY_HOP = frozenset(
     {
@@ -72,6 +72,8 @@ def error_headers(exc: GatewayError, realm: str) -> list[tuple[bytes, bytes]]:
     headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
     if exc.challenge:
         headers.append((b"www-authenticate", www_authenticate(exc, realm)))
+    if isinstance(exc, MethodNotAllowedError):
+        headers.append((b"allow", exc.allow.encode()))
     if exc.retry_after is not None:
         headers.append((b"retry-after", str(exc.retry_after).encode()))
     return headers
