@@ -16,7 +16,12 @@ import structlog
 
 from gateway.authn.info import TokenInfo
 from gateway.authz import authorize
-from gateway.errors import GatewayError, MissingTokenError, NoRouteError
+from gateway.errors import (
+    GatewayError,
+    MissingTokenError,
+    NoRouteError,
+    ValidatorUnavailableError,
+)
 from gateway.extract import Credentials, extract_credentials, strip_form_token
 from gateway.http.exchange import Exchange
 from gateway.normalize import normalize_path
@@ -47,7 +52,9 @@ def spawn(ex: Exchange, work: Coroutine[Any, Any, None]) -> None:
         except GatewayError as exc:
             ex.fail(exc)
         except asyncio.CancelledError:
-            pass  # the client left; the exchange was ended by the server
+            if not ex.ended:  # something awaited was cancelled, not this client's request
+                ex.fail(ValidatorUnavailableError("interrupted"))
+            # else the client left and the server ended the exchange
         except Exception:
             log.exception("request_failed", request_id=ex.request_id)
             ex.fail(GatewayError("internal_error"))

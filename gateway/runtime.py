@@ -104,7 +104,8 @@ class Runtime:
             fields["reason"] = error.reason
         self.access.write(fields)
 
-    async def close_pools(self, keep: dict[str, UpstreamPool] | None = None) -> None:
+    def close_pools(self, keep: dict[str, UpstreamPool] | None = None) -> None:
+        """Close the pools a new runtime does not carry over (all of them without `keep`)."""
         for name, pool in self.pools.items():
             if keep is None or keep.get(name) is not pool:
                 pool.close()

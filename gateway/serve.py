@@ -25,6 +25,7 @@ from gateway.runtime import Runtime
 
 log = structlog.get_logger("gateway")
 _WATCH_INTERVAL = 2.0
+_RETIRE_GRACE = 60.0  # a replaced validator serves the lookups in flight this long, then closes
 
 
 class Gateway:
@@ -44,6 +45,8 @@ class Gateway:
         self.draining = False
         self._config_digest = _digest(config_path)
         self._watch: asyncio.Task[None] | None = None
+        self._reload_lock = asyncio.Lock()  # SIGHUP and the file watcher may fire together
+        self._retiring: dict[asyncio.Task[None], TokenValidator] = {}
         self._stopped = asyncio.Event()
 
     async def _build_validator(self, cfg: GatewayConfig) -> TokenValidator:
@@ -94,6 +97,10 @@ class Gateway:
 
     async def reload(self) -> bool:
         """Swap in a new config; an invalid one is refused and the old one keeps serving."""
+        async with self._reload_lock:
+            return await self._reload()
+
+    async def _reload(self) -> bool:
         if not self.config_path or self.runtime is None or self.ctx is None:
             return False
         self._config_digest = _digest(self.config_path)  # the watcher must not apply it twice
@@ -118,13 +125,24 @@ class Gateway:
             self.fa_ctx.handler = rt.decider.handle
         self._apply_limits(cfg)
         setup_logging(cfg.log)
-        await old.close_pools(keep=rt.pools)
+        old.close_pools(keep=rt.pools)
         if validator is not old.validator:
-            await old.validator.close()
+            self._retire(old.validator)
         self.cfg = cfg
         self.metrics.reloads.labels("applied").inc()
         log.info("config_reloaded", routes=len(rt.routes.routes))
         return True
+
+    def _retire(self, validator: TokenValidator) -> None:
+        """Close a replaced validator once the lookups that requests await on it are done."""
+
+        async def later() -> None:
+            await asyncio.sleep(_RETIRE_GRACE)
+            await validator.close()
+
+        task = asyncio.create_task(later())
+        task.add_done_callback(lambda t: self._retiring.pop(t, None))
+        self._retiring[task] = validator
 
     async def _watch_config(self) -> None:
         """Kubernetes swaps ConfigMap files through a symlink: watch the content, not the inode."""
@@ -168,8 +186,11 @@ class Gateway:
             await self.admin.cleanup()
         if self.runtime is not None:
             self.runtime.access.flush()
-            await self.runtime.close_pools()
+            self.runtime.close_pools()
             await self.runtime.validator.close()
+        for task, validator in list(self._retiring.items()):
+            task.cancel()
+            await validator.close()
         self._stopped.set()
 
     async def run_until_signalled(self) -> None:

@@ -501,3 +501,34 @@ async def test_large_form_body_with_token_is_not_stalled(make_gateway, echo_upst
     status, _, _ = await asyncio.wait_for(_get(gw.url + "/v1/items", form, "POST", body), 5)
     assert status == 200
     assert echo_upstream.last["body_size"] == len("data=") + 600_000
+
+
+async def test_reload_with_new_token_settings_answers_lookups_in_flight(
+    make_gateway, echo_upstream, idp, tmp_path
+):
+    """A reload that replaces the validator lets a token lookup already in flight finish."""
+    import yaml
+
+    idp.tokens["slow"] = {
+        "client_id": "c",
+        "sub": "s",
+        "scope": "",
+        "grant_type": "implicit",
+        "exp": int(time.time()) + 600,
+    }
+    idp.introspect_mode, idp.delay = "slow", 0.5
+    cfg = base_config(
+        echo_upstream.url,
+        tokens={"sources": [idp.introspection_source()]},
+        routes=[{"name": "api", "path_prefix": "/", "upstream": "api"}],
+    )
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    gw = await make_gateway(cfg, str(path))
+    pending = asyncio.create_task(_get(gw.url + "/x", _bearer("slow")))
+    await asyncio.sleep(0.2)  # the introspection call is under way
+    cfg["tokens"]["cache"] = {"ttl": "1m"}
+    path.write_text(yaml.safe_dump(cfg))
+    assert await gw.gateway.reload()
+    status, _, _ = await asyncio.wait_for(pending, 3)
+    assert status == 200
