@@ -5,6 +5,7 @@ JSON when stderr is not a TTY (or `log.format: json`), human-readable console ou
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from typing import IO, Any, TextIO
@@ -74,8 +75,6 @@ class AccessLog:
             self.flush()
         elif not self._flush_scheduled:
             self._flush_scheduled = True
-            import asyncio
-
             try:
                 asyncio.get_running_loop().call_later(0.05, self.flush)
             except RuntimeError:
