@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from gateway import __version__
+from gateway import __version__, build_kind
 from gateway.config import load_config
 from gateway.config.models import GatewayConfig
 from gateway.config.units import format_duration, parse_duration
@@ -23,7 +23,7 @@ class UsageError(Exception):
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gateway", description="OAuth 2.0 bearer-token gateway")
-    p.add_argument("--version", action="version", version=f"gateway {__version__}")
+    p.add_argument("--version", action="version", version=f"gateway {__version__} ({build_kind()})")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="run the gateway")

@@ -12,6 +12,7 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
+from gateway import build_kind
 from gateway.admin import build_admin_app
 from gateway.authn.validator import TokenValidator
 from gateway.config import load_config
@@ -83,7 +84,9 @@ class Gateway:
             self.ports["admin"] = admin_sock.getsockname()[1]
         if self.config_path:
             self._watch = asyncio.create_task(self._watch_config())
-        log.info("gateway_started", ports=self.ports, routes=len(rt.routes.routes))
+        log.info(
+            "gateway_started", ports=self.ports, routes=len(rt.routes.routes), build=build_kind()
+        )
 
     def _contexts(self) -> list[ServerContext]:
         return [c for c in (self.ctx, self.fa_ctx) if c is not None]

@@ -84,7 +84,8 @@ class UpstreamConnection(asyncio.Protocol):
         if self._tunnel_client is not None:
             self._tunnel_client.write(data)
             return
-        if self.ex is None or self._skip_rest:
+        bound = self.ex is not None  # not narrowed: the parser's callbacks may unbind it
+        if self._skip_rest or not bound:
             self.close()  # bytes nobody asked for: this connection cannot be trusted
             return
         self._got_bytes = True

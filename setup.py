@@ -1,0 +1,71 @@
+"""Build hook: the request path is compiled to C with mypyc (pyproject.toml holds the metadata).
+
+The modules below run for every request (parse, match, extract, authorize, forward, log,
+count). mypyc compiles the same typed source the tests and `mypy --strict` check; nothing is
+written twice. Compiled, a cached-token request costs about a third less CPU (`make bench`).
+
+`GATEWAY_PURE_PYTHON=1` builds a pure-Python package instead (no C compiler needed; slower).
+A build that should compile and cannot fails loudly rather than quietly shipping the slow path;
+`gateway version` tells which one is installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+from setuptools import setup
+
+NATIVE_MODULES = [
+    "gateway/authz.py",
+    "gateway/extract.py",
+    "gateway/forward.py",
+    "gateway/http/exchange.py",
+    "gateway/http/head.py",
+    "gateway/http/pool.py",
+    "gateway/http/server.py",
+    "gateway/http/upstream.py",
+    "gateway/logs.py",
+    "gateway/metrics.py",
+    "gateway/normalize.py",
+    "gateway/pipeline.py",
+    "gateway/routing.py",
+    "gateway/runtime.py",
+]
+
+# What the compiled modules import, directly or through the modules they type-check against.
+# mypyc must see their real types: a compiled class with a base it cannot see (prometheus_client's
+# Collector, say) crashes at run time. tools/native_build.py installs them for isolated builds.
+NEEDED_IMPORTS = [
+    "aiohttp", "cryptography", "httptools", "jwt", "orjson", "prometheus_client", "pydantic",
+    "redis", "structlog", "yaml",
+]  # fmt: skip
+
+# The project's mypy settings (pydantic plugin, strict) are `make lint`'s; the build only needs to
+# type the compiled modules (errors elsewhere are lint's business). Untyped libraries (httptools,
+# uvloop) are Any, which compiled code handles generically.
+MYPYC_FLAGS = [
+    "--config-file=",
+    "--ignore-missing-imports",
+    "--follow-imports=silent",
+    "--python-version=3.11",
+]
+
+
+def ext_modules() -> list[object]:
+    if os.environ.get("GATEWAY_PURE_PYTHON") == "1":
+        return []
+    missing = [name for name in NEEDED_IMPORTS if importlib.util.find_spec(name) is None]
+    if missing:
+        raise SystemExit(
+            f"setup.py: compiling the request path needs {', '.join(missing)} importable in the "
+            "build environment (pip install -r requirements.lock, then build with "
+            "--no-build-isolation; or an isolated build, which installs them), "
+            "or GATEWAY_PURE_PYTHON=1 for a pure-Python build"
+        )
+    from mypyc.build import mypycify  # a build requirement (pyproject.toml)
+
+    return list(mypycify([*MYPYC_FLAGS, *NATIVE_MODULES], group_name="gateway._native"))
+
+
+setup(ext_modules=ext_modules())
