@@ -17,6 +17,9 @@ import os
 from setuptools import setup
 
 NATIVE_MODULES = [
+    "gateway/authn/cache.py",
+    "gateway/authn/info.py",
+    "gateway/authn/validator.py",
     "gateway/authz.py",
     "gateway/extract.py",
     "gateway/forward.py",
@@ -25,6 +28,7 @@ NATIVE_MODULES = [
     "gateway/http/pool.py",
     "gateway/http/server.py",
     "gateway/http/upstream.py",
+    "gateway/http/wire.py",
     "gateway/logs.py",
     "gateway/metrics.py",
     "gateway/normalize.py",
