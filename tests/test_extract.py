@@ -86,6 +86,35 @@ def test_header_malformed(value: str, reason: str) -> None:
     assert info.value.status == 400
 
 
+_ALPHABET = 'Bearer bearer=aZ09-._~+/ \t=,"\u00e9\x00'
+
+
+def _reference_bearer(value: bytes) -> str | None:
+    """RFC 6750 section 2.1 / RFC 7235, straight from the grammar: the oracle for the header."""
+    value = value.strip(b" \t")
+    m = re.fullmatch(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+)(?: +(.*))?", value, re.DOTALL)
+    if m is None:
+        return "error"
+    if m.group(1).lower() != b"bearer":
+        return None
+    cred = (m.group(2) or b"").decode("latin-1")
+    if not cred or len(cred) > MAX_TOKEN_LENGTH or not TOKEN68.fullmatch(cred):
+        return "error"
+    return cred
+
+
+@given(st.text(alphabet=_ALPHABET, max_size=24))
+def test_header_parsing_matches_the_grammar(value: str) -> None:
+    """Whatever the header holds, the token (or refusal) is what the RFC grammar gives: the
+    regex-free fast path for `Bearer <token68>` agrees with the full parse."""
+    raw = value.encode("utf-8")
+    try:
+        got: str | None = extract([(b"authorization", raw)]).token
+    except InvalidRequestError:
+        got = "error"
+    assert got == _reference_bearer(raw)
+
+
 @pytest.mark.parametrize(
     "value",
     ["Basic dXNlcjpwYXNz", "Digest username=x, realm=y", "Token abc", "Bearerx abc"],
