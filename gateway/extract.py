@@ -32,15 +32,44 @@ class ExtractPolicy:
     form_allowed: bool  # tokens.form_param
 
 
-@dataclass(slots=True)
 class Credentials:
-    """What the client sent: the bearer token (None if absent) and appsecret_proof parameters."""
+    """What the client sent: the bearer token (None if absent) and appsecret_proof parameters.
 
-    token: str | None
-    in_query: bool
-    in_form: bool
-    proof: str | None
-    proof_time: str | None
+    A plain class, not a dataclass: built once per request, and compiled (setup.py) its
+    constructor is a C function, where a dataclass's generated `__init__` stays Python."""
+
+    __slots__ = ("in_form", "in_query", "proof", "proof_time", "token")
+
+    def __init__(
+        self,
+        token: str | None,
+        in_query: bool = False,
+        in_form: bool = False,
+        proof: str | None = None,
+        proof_time: str | None = None,
+    ) -> None:
+        self.token = token
+        self.in_query = in_query
+        self.in_form = in_form
+        self.proof = proof
+        self.proof_time = proof_time
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Credentials):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass it replaced
+
+    def __repr__(self) -> str:
+        token = "<set>" if self.token is not None else None  # never the token itself
+        return (
+            f"Credentials(token={token}, in_query={self.in_query}, in_form={self.in_form}, "
+            f"proof={self.proof is not None}, proof_time={self.proof_time!r})"
+        )
+
+    def _fields(self) -> tuple[str | None, bool, bool, str | None, str | None]:
+        return (self.token, self.in_query, self.in_form, self.proof, self.proof_time)
 
 
 def _param_name(part: str) -> str:
@@ -153,6 +182,8 @@ def extract_credentials(
     the body of an `application/x-www-form-urlencoded` request, when the caller read it.
     """
     header_token, proofs, times = _scan_headers(headers)
+    if not proofs and not times and form_body is None and not _may_hold_credentials(query):
+        return Credentials(header_token)  # the common case: a header token, or none at all
     params = _query_params(query, _CREDENTIAL_PARAMS)
     query_token = _single_token(params.get(_BEARER_PARAM))
     if query_token is not None and not policy.query_allowed:

@@ -97,7 +97,7 @@ class Runtime:
             "route": name,
             "status": status,
             "upstream": route.upstream if route and forwarded and error is None else None,
-            "duration_ms": round(seconds * 1000, 3),
+            "duration_ms": int(seconds * 1_000_000) / 1000,  # µs precision, cheaper than round()
             "bytes": ex.bytes_sent,
         }
         if error is not None:
