@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.authn.info import TokenInfo, scope_set
+from gateway.authn.info import TokenInfo, scope_set, shared_str
 from gateway.config.models import GRANTS, GrantConfig
 
 #: Lifetimes of tokens minted by `gateway token issue` when no --ttl is given (SPEC section 1).
@@ -94,10 +94,10 @@ def info_from_claims(claims: Mapping[str, Any], grant: str, source: str) -> Toke
 
     Subject is `sub`, else `username`; client is `client_id`, else `azp`.
     """
-    scope = scope_of(claims)
+    scope = shared_str(scope_of(claims)) or ""
     return TokenInfo(
         subject=_str(claims.get("sub")) or _str(claims.get("username")),
-        client_id=_str(claims.get("client_id")) or _str(claims.get("azp")),
+        client_id=shared_str(_str(claims.get("client_id")) or _str(claims.get("azp"))),
         scope=scope,
         scopes=scope_set(scope),
         grant=grant,

@@ -32,3 +32,19 @@ def scope_set(scope: str) -> frozenset[str]:
         if len(_SCOPE_SETS) < _SCOPE_SETS_MAX:
             _SCOPE_SETS[scope] = found
     return found
+
+
+_SHARED_STRS: dict[str, str] = {}
+
+
+def shared_str(value: str | None) -> str | None:
+    """One copy of a value many tokens carry (client ids, scope strings): each cached token
+    would otherwise keep its own copy. Bounded like the scope sets; never interned for good."""
+    if value is None:
+        return None
+    found = _SHARED_STRS.get(value)
+    if found is None:
+        if len(_SHARED_STRS) >= _SCOPE_SETS_MAX:
+            return value
+        _SHARED_STRS[value] = found = value
+    return found
