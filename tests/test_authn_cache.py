@@ -144,3 +144,37 @@ async def test_garbage_in_the_shared_cache_is_ignored(make_validator, idp, redis
         r.set(f"gw:cache:{token_hash('tok')}", b"\xff not json")
     v = await make_validator([idp.introspection_source()], redis_url)
     assert (await v.validate("tok")).source == "introspection"
+
+
+def test_cached_answers_share_client_ids_and_scopes():
+    """Many tokens of one client keep one copy of its id and scope (memory per cached token),
+    built from separately decoded claims as an introspection answer would be."""
+    import json
+
+    from gateway.authn import info as info_module
+    from gateway.authn.grants import info_from_claims
+
+    claims = [
+        json.loads(
+            json.dumps({"sub": f"user-{i}", "client_id": "client-a", "scope": "read  write"})
+        )
+        for i in range(3)
+    ]
+    infos = [info_from_claims(c, "authorization_code", "introspection") for c in claims]
+    assert claims[0]["client_id"] is not claims[1]["client_id"]  # two decoded copies...
+    assert infos[0].client_id is infos[1].client_id is infos[2].client_id  # ...one kept
+    assert infos[0].scope is infos[2].scope
+    assert infos[0].scope == "read write" and infos[0].scopes == {"read", "write"}
+    assert [i.subject for i in infos] == ["user-0", "user-1", "user-2"]
+    # The table is bounded: past its size a value is kept as it is, not added.
+    full = dict.fromkeys(f"x{i}" for i in range(info_module._SCOPE_SETS_MAX))
+    saved = info_module._SHARED_STRS.copy()
+    try:
+        info_module._SHARED_STRS.clear()
+        info_module._SHARED_STRS.update({k: k for k in full})
+        fresh = "".join(["client-", "b"])
+        assert info_module.shared_str(fresh) is fresh
+        assert fresh not in info_module._SHARED_STRS
+    finally:
+        info_module._SHARED_STRS.clear()
+        info_module._SHARED_STRS.update(saved)
