@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import re
 from dataclasses import dataclass
+from typing import Final
 
 from gateway.authn.info import TokenInfo
 from gateway.config.models import GatewayConfig
@@ -22,8 +23,8 @@ from gateway.extract import Credentials
 from gateway.proof import proof_message
 from gateway.routing import Route
 
-_TIME = re.compile(r"-?[0-9]{1,12}")
-_HEX = frozenset("0123456789abcdef")
+_TIME: Final = re.compile(r"-?[0-9]{1,12}")
+_HEX: Final = frozenset("0123456789abcdef")
 
 
 @dataclass(slots=True, frozen=True)

@@ -8,20 +8,21 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Final
 from urllib.parse import unquote_plus
 
 from gateway.errors import InvalidRequestError
 
-MAX_TOKEN_LENGTH = 8192
-_TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+MAX_TOKEN_LENGTH: Final = 8192
+_TOKEN68: Final = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 #: RFC 7235 credentials: auth-scheme [ 1*SP rest ]; the scheme is an RFC 7230 token.
-_AUTHORIZATION = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+)(?: +(.*))?", re.DOTALL)
-_OWS = b" \t"
-_TOKEN68_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/"
-_BEARER_PARAM = "access_token"
-_PROOF_PARAM = "appsecret_proof"
-_TIME_PARAM = "appsecret_time"
-_CREDENTIAL_PARAMS = frozenset({_BEARER_PARAM, _PROOF_PARAM, _TIME_PARAM})
+_AUTHORIZATION: Final = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+)(?: +(.*))?", re.DOTALL)
+_OWS: Final = b" \t"
+_TOKEN68_BYTES: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/"
+_BEARER_PARAM: Final = "access_token"
+_PROOF_PARAM: Final = "appsecret_proof"
+_TIME_PARAM: Final = "appsecret_time"
+_CREDENTIAL_PARAMS: Final = frozenset({_BEARER_PARAM, _PROOF_PARAM, _TIME_PARAM})
 
 
 @dataclass(slots=True, frozen=True)

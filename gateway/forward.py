@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable
+from typing import Final
 
 from gateway.authn.info import TokenInfo
 from gateway.config.models import GatewayConfig
@@ -17,9 +18,11 @@ from gateway.http.upstream import UpstreamConnection, UpstreamResetError
 from gateway.pipeline import spawn
 from gateway.routing import Route
 
-_UNSAFE_VALUE = re.compile(rb"[^\x20-\x7e]")
-_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})  # RFC 9110 9.2.2
-_SKIP_ALWAYS = frozenset({b"x-request-id", b"content-length", b"expect", b"host"})
+_UNSAFE_VALUE: Final = re.compile(rb"[^\x20-\x7e]")
+_IDEMPOTENT: Final = frozenset(
+    {"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"}
+)  # RFC 9110 9.2.2
+_SKIP_ALWAYS: Final = frozenset({b"x-request-id", b"content-length", b"expect", b"host"})
 
 
 def header_value(value: str) -> bytes:
@@ -30,8 +33,8 @@ def header_value(value: str) -> bytes:
     return _UNSAFE_VALUE.sub(lambda m: b"%%%02X" % m.group()[0], raw)
 
 
-_IDENTITY_CACHE: dict[int, tuple[TokenInfo, bytes]] = {}
-_IDENTITY_CACHE_MAX = 50_000
+_IDENTITY_CACHE: Final[dict[int, tuple[TokenInfo, bytes]]] = {}
+_IDENTITY_CACHE_MAX: Final = 50_000
 
 
 def identity_headers(info: TokenInfo) -> list[tuple[bytes, bytes]]:
@@ -79,7 +82,7 @@ class TrustedProxies:
 # What to do with each client header that is not simply copied (lower-case names; a name with
 # `_` is looked up again with `-`, so X_Auth_Subject cannot slip past)
 _HOP, _IDENTITY, _CREDENTIAL, _OURS, _XFF, _XF_KEEP = range(6)
-_SPECIAL: dict[bytes, int] = {
+_SPECIAL: Final[dict[bytes, int]] = {
     **dict.fromkeys(wire.HOP_BY_HOP, _HOP),
     **dict.fromkeys(wire.IDENTITY_HEADERS, _IDENTITY),
     **dict.fromkeys(wire.CREDENTIAL_HEADERS, _CREDENTIAL),

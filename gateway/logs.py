@@ -8,14 +8,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from typing import IO, Any, TextIO
+from typing import IO, Any, Final, TextIO
 
 import orjson
 import structlog
 
 from gateway.config.models import LogConfig
 
-_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+_LEVELS: Final = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
 
 def use_json(cfg: LogConfig) -> bool:

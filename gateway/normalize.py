@@ -6,21 +6,24 @@ Unsafe paths raise BadHttpRequestError (400 invalid_request) with a stable `reas
 from __future__ import annotations
 
 import re
+from typing import Final
 
 from gateway.errors import BadHttpRequestError
 
-_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-_SAFE_CHARS = r"A-Za-z0-9\-._~!$&'()*+,;=:@"
+_UNRESERVED: Final = frozenset(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
+)
+_SAFE_CHARS: Final = r"A-Za-z0-9\-._~!$&'()*+,;=:@"
 #: Already-normal paths: single `/` separators, no `.`/`..` segment (nor `..;x`), no `%`.
-_FAST = re.compile(rf"/|(?:/(?!\.\.?(?:[/;]|$))[{_SAFE_CHARS}]+)+/?")
+_FAST: Final = re.compile(rf"/|(?:/(?!\.\.?(?:[/;]|$))[{_SAFE_CHARS}]+)+/?")
 #: Raw characters never allowed: controls, space, DEL, non-ASCII, `\`, and `#` / `?` which an
 #: upstream would read as the end of the path (the caller has split the query off already).
-_RAW_BAD = re.compile(r"[^\x21-\x7e]|[\\#?]")
-_ESCAPE = re.compile(r"%(..)", re.DOTALL)
-_HEX = "0123456789abcdefABCDEF"
-_SLASHES = re.compile(r"//+")
+_RAW_BAD: Final = re.compile(r"[^\x21-\x7e]|[\\#?]")
+_ESCAPE: Final = re.compile(r"%(..)", re.DOTALL)
+_HEX: Final = "0123456789abcdefABCDEF"
+_SLASHES: Final = re.compile(r"//+")
 #: runs of escaped non-ASCII bytes (escapes are upper-case by then): must be strict UTF-8
-_HIGH_RUN = re.compile(r"(?:%[89A-F][0-9A-F])+")
+_HIGH_RUN: Final = re.compile(r"(?:%[89A-F][0-9A-F])+")
 
 
 def _escape_table() -> dict[str, str | None]:
@@ -38,7 +41,7 @@ def _escape_table() -> dict[str, str | None]:
     return table
 
 
-_ESCAPES = _escape_table()
+_ESCAPES: Final = _escape_table()
 
 
 def _unescape(match: re.Match[str]) -> str:

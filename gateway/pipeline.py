@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from gateway.runtime import Runtime
 
 log = structlog.get_logger("gateway")
-_FORM = b"application/x-www-form-urlencoded"
+_FORM: Final = b"application/x-www-form-urlencoded"
 
 
 def is_preflight(ex: Exchange) -> bool:

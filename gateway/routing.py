@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
 from gateway.config.models import GatewayConfig, RouteConfig
 from gateway.errors import BadHttpRequestError, ConfigError
@@ -203,7 +203,7 @@ class RouteTable:
         return below
 
 
-_REGEX_META = frozenset(".^$*+?{}[]\\|()")
+_REGEX_META: Final = frozenset(".^$*+?{}[]\\|()")
 
 
 def _regex_head(pattern: str) -> str | None:

@@ -10,7 +10,7 @@ import json
 import time
 from dataclasses import dataclass
 from hashlib import sha256
-from typing import Any
+from typing import Any, Final
 
 from redis.asyncio import Redis
 
@@ -20,7 +20,7 @@ from gateway.errors import InvalidTokenError
 from gateway.redis_conn import RedisConnection
 
 # Revocations whose token lifetime is unknown are kept this long (at least ttl + stale_if_error).
-UNKNOWN_EXP_REVOCATION = 86400.0
+UNKNOWN_EXP_REVOCATION: Final = 86400.0
 
 
 def token_hash(token: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,8 +20,8 @@ class TokenInfo:
     source: str = ""  # store | jwt | introspection
 
 
-_SCOPE_SETS: dict[str, frozenset[str]] = {}
-_SCOPE_SETS_MAX = 10_000
+_SCOPE_SETS: Final[dict[str, frozenset[str]]] = {}
+_SCOPE_SETS_MAX: Final = 10_000
 
 
 def scope_set(scope: str) -> frozenset[str]:
@@ -34,7 +35,7 @@ def scope_set(scope: str) -> frozenset[str]:
     return found
 
 
-_SHARED_STRS: dict[str, str] = {}
+_SHARED_STRS: Final[dict[str, str]] = {}
 
 
 def shared_str(value: str | None) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from gateway.errors import BadHttpRequestError, GatewayError, PayloadTooLargeError
 from gateway.http import wire
@@ -14,10 +14,12 @@ if TYPE_CHECKING:
     from gateway.http.server import HttpServerProtocol
     from gateway.routing import Route
 
-BODY_NONE = 0
-BODY_LENGTH = 1
-BODY_CHUNKED = 2
-_BUFFER_HIGH = 256 * 1024  # request body buffered before a sink exists: pause the client past it
+BODY_NONE: Final = 0
+BODY_LENGTH: Final = 1
+BODY_CHUNKED: Final = 2
+_BUFFER_HIGH: Final = (
+    256 * 1024
+)  # request body buffered before a sink exists: pause the client past it
 
 
 class BodySink(Protocol):

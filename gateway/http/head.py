@@ -4,9 +4,11 @@ duplicate CL, TE other than exactly `chunked`, missing or repeated Host)."""
 
 from __future__ import annotations
 
+from typing import Final
+
 from gateway.errors import BadHttpRequestError, GatewayError
 
-_WATCHED = frozenset(
+_WATCHED: Final = frozenset(
     {
         b"host",
         b"transfer-encoding",
@@ -17,7 +19,7 @@ _WATCHED = frozenset(
         b"connection",
     }
 )
-_EMPTY: frozenset[bytes] = frozenset()
+_EMPTY: Final[frozenset[bytes]] = frozenset()
 
 
 class HeadScan:

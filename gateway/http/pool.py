@@ -8,14 +8,17 @@ import contextlib
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Final
 from urllib.parse import urlsplit
 
 from gateway.config.models import UpstreamConfig
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeoutError
 from gateway.http.upstream import UpstreamConnection
 
-_IDLE_SWEEP = 1.0
-_DEADLINE_SWEEP = 0.05  # resolution of upstream timeouts; one timer per pool, not per request
+_IDLE_SWEEP: Final = 1.0
+_DEADLINE_SWEEP: Final = (
+    0.05  # resolution of upstream timeouts; one timer per pool, not per request
+)
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
@@ -22,9 +22,9 @@ if TYPE_CHECKING:
 
 OnError = Callable[[GatewayError], None]
 #: response headers not simply copied: framing, hop-by-hop, ours (X-Request-Id), Cache-Control
-_RESPONSE_SPECIAL = wire.HOP_BY_HOP | {b"content-length", b"x-request-id", b"cache-control"}
-_CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive"})
-_JOIN_LIMIT = 64 * 1024  # below this, pieces are joined into one write; above, writelines
+_RESPONSE_SPECIAL: Final = wire.HOP_BY_HOP | {b"content-length", b"x-request-id", b"cache-control"}
+_CONNECTION_OPTIONS: Final = frozenset({b"close", b"keep-alive"})
+_JOIN_LIMIT: Final = 64 * 1024  # below this, pieces are joined into one write; above, writelines
 
 
 class UpstreamResetError(UpstreamError):
@@ -266,8 +266,11 @@ class UpstreamConnection(asyncio.Protocol):
                 tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
             elif name == b"cache-control" and not ex.private_cache:
                 out.append((name, value))
-        version = self.parser.get_http_version()
-        self._keep_alive = b"close" not in tokens and (version == "1.1" or b"keep-alive" in tokens)
+        # The version is read only when the Connection header does not decide (httptools
+        # formats it into a new string on every call).
+        self._keep_alive = b"close" not in tokens and (
+            b"keep-alive" in tokens or self.parser.get_http_version() == "1.1"
+        )
         named = tokens - _CONNECTION_OPTIONS
         if named:  # headers listed in Connection are for this hop only
             out = [(n, v) for n, v in out if n not in named]

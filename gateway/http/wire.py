@@ -6,12 +6,13 @@ import itertools
 import os
 import re
 from http import HTTPStatus
+from typing import Final
 
 import orjson
 
 from gateway.errors import GatewayError, InsufficientScopeError, MethodNotAllowedError
 
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -24,15 +25,15 @@ HOP_BY_HOP = frozenset(
         b"proxy-authenticate",
     }
 )
-IDENTITY_HEADERS = frozenset(
+IDENTITY_HEADERS: Final = frozenset(
     {b"x-auth-subject", b"x-auth-client-id", b"x-auth-scope", b"x-auth-grant"}
 )
-CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-appsecret-proof", b"x-appsecret-time"})
+CREDENTIAL_HEADERS: Final = frozenset({b"authorization", b"x-appsecret-proof", b"x-appsecret-time"})
 
-_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
-_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
-_ID_PREFIX = os.urandom(6).hex()
-_ID_COUNTER = itertools.count(1 << 40)  # 11 hex digits for 16 trillion ids: one length
+_REASONS: Final = {s.value: s.phrase.encode() for s in HTTPStatus}
+_REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
+_ID_PREFIX: Final = os.urandom(6).hex()
+_ID_COUNTER: Final = itertools.count(1 << 40)  # 11 hex digits for 16 trillion ids: one length
 
 
 def reason_phrase(status: int) -> bytes:
