@@ -1,0 +1,136 @@
+"""The gateway's own cost per request, without sockets: the real server and upstream protocol
+objects driven with in-memory transports.
+
+A real `Gateway` (token route with grant and scope checks, a public route, JSON access log on,
+metrics) gets one request head per iteration through `HttpServerProtocol.data_received`, which
+parses it, runs the pipeline with a cached token and writes the upstream request into a pooled
+`UpstreamConnection`; the upstream's answer is then fed to that connection, which relays it to
+the client transport. What remains of a real request is the kernel's share (two reads, two
+writes) and the event loop's. Prints microseconds per request (noisy on a shared VM);
+`bench/instructions.py` runs this under callgrind for counts that do not move between runs.
+
+    .venv/bin/python bench/hotpath.py [--requests 100000] [--path /bench|/public]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import time
+from typing import Any
+
+import uvloop
+
+from gateway import build_kind
+from gateway.config import parse_config
+from gateway.http.server import HttpServerProtocol
+from gateway.http.upstream import UpstreamConnection
+from gateway.serve import Gateway
+
+ANSWER = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Sun, 22 Nov 2026 11:00:00 GMT\r\n"
+    b"Content-Type: application/json\r\nContent-Length: 11\r\nConnection: keep-alive\r\n\r\n"
+    b'{"ok":true}'
+)
+WARM_UP = 2000
+
+
+class MemoryTransport:
+    """Just enough of an asyncio transport: writes are kept (the last few), nothing blocks."""
+
+    def __init__(self) -> None:
+        self.out: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.out.append(data)
+        if len(self.out) > 64:
+            del self.out[:32]
+
+    def writelines(self, data: list[bytes]) -> None:
+        for d in data:
+            self.write(d)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 50000) if name == "peername" else default
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def config() -> dict[str, Any]:
+    return {
+        "listen": {"host": "127.0.0.1", "port": 0},
+        "admin": None,
+        "log": {"format": "json", "access": True},
+        "upstreams": {"api": {"url": "http://127.0.0.1:9"}},  # never dialled: one pooled conn
+        "routes": [
+            {
+                "name": "bench",
+                "path": "/bench",
+                "upstream": "api",
+                "grants": ["authorization_code"],
+                "scopes": ["bench"],
+            },
+            {"name": "public", "path": "/public", "upstream": "api", "auth": "public"},
+        ],
+    }
+
+
+async def run(requests: int, path: str) -> float:
+    gw = Gateway(parse_config(config(), env={}))
+    await gw.start()
+    try:
+        rt = gw.runtime
+        rt.access._stream = io.BytesIO()  # the access log is rendered and buffered as usual
+        token = await rt.validator.issue("authorization_code", "bench-client", "alice", "bench")
+        await rt.validator.validate(token)  # cached from here on
+        pool = rt.pools["api"]
+        upstream = UpstreamConnection(pool, pool.targets[0])
+        upstream.connection_made(MemoryTransport())  # type: ignore[arg-type]
+        pool.targets[0].count += 1
+        pool.release(upstream, True)
+        assert gw.ctx is not None
+        server = HttpServerProtocol(gw.ctx)
+        client = MemoryTransport()
+        server.connection_made(client)  # type: ignore[arg-type]
+        head = (
+            f"GET {path} HTTP/1.1\r\nHost: api.example\r\nUser-Agent: bench\r\n"
+            f"Accept: */*\r\nAuthorization: Bearer {token}\r\n\r\n"
+        ).encode()
+
+        def one() -> None:
+            server.data_received(head)
+            upstream.data_received(ANSWER)
+
+        for _ in range(WARM_UP):
+            one()
+        if not client.out[-1].endswith(b'{"ok":true}') or b" 200 " not in client.out[-1]:
+            sys.exit(f"unexpected answer: {client.out[-1][:200]!r}")
+        started = time.perf_counter()
+        for _ in range(requests):
+            one()
+        return (time.perf_counter() - started) / requests * 1e6
+    finally:
+        await gw.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--requests", type=int, default=100_000)
+    p.add_argument("--path", default="/bench", choices=["/bench", "/public"])
+    args = p.parse_args()
+    us = uvloop.run(run(args.requests, args.path))
+    print(
+        f"{args.path}: {us:.1f} us per request without sockets ({build_kind()} build, "
+        f"{args.requests} requests after {WARM_UP} to warm up)"
+    )
+
+
+if __name__ == "__main__":
+    main()

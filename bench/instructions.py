@@ -1,0 +1,122 @@
+"""Instructions per request of the gateway's own work, counted by callgrind: the same figure on
+every run, however busy the machine (the req/s of `make bench` move by 10-30 % here).
+
+Runs `bench/hotpath.py` (the real server and upstream protocol objects, in-memory transports)
+under `valgrind --tool=callgrind` with two request counts at once and divides the difference, so
+that start-up cancels out. `--pure` also counts a pure-Python copy of the same source (the
+compiled modules left out), for the compiled/pure ratio. Needs valgrind (Debian: valgrind);
+about a minute per row on 2 cores.
+
+    .venv/bin/python bench/instructions.py [--pure] [--paths /bench /public]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+SMALL, LARGE = 2000, 6000
+
+
+def total_instructions(path: str, requests: int, env: dict[str, str], out: Path) -> int:
+    done = subprocess.run(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            f"--callgrind-out-file={out}",
+            sys.executable,
+            str(HERE / "hotpath.py"),
+            "--requests",
+            str(requests),
+            "--path",
+            path,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    if done.returncode != 0:
+        sys.exit(f"hotpath.py under callgrind failed:\n{done.stderr[-2000:]}")
+    m = re.search(r"^(?:summary|totals): (\d+)", out.read_text(), re.M)
+    if m is None:
+        sys.exit(f"no totals in {out}")
+    return int(m.group(1))
+
+
+def per_request(path: str, env: dict[str, str], tmp: Path) -> float:
+    """(I(LARGE) - I(SMALL)) / (LARGE - SMALL): the two runs share every start-up cost."""
+    with ThreadPoolExecutor(2) as pool:
+        small, large = pool.map(
+            lambda n: total_instructions(path, n, env, tmp / f"cg-{n}.out"), (SMALL, LARGE)
+        )
+    return (large - small) / (LARGE - SMALL)
+
+
+def pure_copy(tmp: Path) -> Path:
+    """The gateway package without its compiled modules, importable from the returned dir."""
+    shutil.copytree(
+        ROOT / "gateway",
+        tmp / "pure" / "gateway",
+        ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"),
+    )
+    return tmp / "pure"
+
+
+def build_of(env: dict[str, str], cwd: Path) -> str:
+    """What hotpath.py will import (run from elsewhere: the current dir would come first)."""
+    return subprocess.run(
+        [sys.executable, "-c", "import gateway; print(gateway.build_kind())"],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--pure", action="store_true", help="also count the pure-Python build")
+    p.add_argument("--paths", nargs="+", default=["/bench", "/public"])
+    args = p.parse_args()
+    if shutil.which("valgrind") is None:
+        sys.exit("valgrind not found (apt-get install -y valgrind)")
+    base = {**os.environ, "PYTHONHASHSEED": "0"}  # same dict layouts in every run
+    with tempfile.TemporaryDirectory(prefix="gw-instructions-") as d:
+        tmp = Path(d)
+        builds = [("installed", base)]
+        if args.pure:
+            builds.append(("pure copy", {**base, "PYTHONPATH": str(pure_copy(tmp))}))
+        results: dict[tuple[str, str], float] = {}
+        for label, env in builds:
+            kind = build_of(env, tmp)
+            for path in args.paths:
+                results[(label, path)] = per_request(path, env, tmp)
+                print(
+                    f"{label:10s} ({kind:11s}) {path:8s} "
+                    f"{results[(label, path)]:9,.0f} instructions per request",
+                    flush=True,
+                )
+        if args.pure:
+            for path in args.paths:
+                ratio = results[("installed", path)] / results[("pure copy", path)]
+                print(f"installed / pure-Python, {path}: {ratio:.2f}x the instructions")
+        if "/bench" in args.paths and "/public" in args.paths:
+            for label, _ in builds:
+                ratio = results[(label, "/bench")] / results[(label, "/public")]
+                print(f"{label}: token route / public route = {ratio:.2f}x the instructions")
+
+
+if __name__ == "__main__":
+    main()
