@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Coroutine
+from hmac import compare_digest
 from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
+from gateway.authn.cache import token_key
 from gateway.authn.info import TokenInfo
 from gateway.authz import authorize
 from gateway.errors import (
@@ -100,8 +102,20 @@ class Pipeline:
 
     def _check_token(self, ex: Exchange, route: Route, creds: Credentials) -> None:
         """Cached token: authorize and forward now; otherwise look it up in a task."""
-        assert creds.token is not None
-        info = self.rt.validator.peek(creds.token)
+        token = creds.token
+        assert token is not None
+        # A keep-alive client sends the same token on every request: its cache key (a SHA-256)
+        # is kept on the connection. The token itself is compared, in constant time (a proxy in
+        # front may carry many users' requests on one connection); freshness and revocation are
+        # still checked by peek_key() on every request.
+        conn = ex.conn
+        memo = conn.token_memo
+        if memo is not None and compare_digest(memo[0], token):
+            key = memo[1]
+        else:
+            key = token_key(token)
+            conn.token_memo = (token, key)
+        info = self.rt.validator.peek_key(key)
         if info is None:
             spawn(ex, self._validate_then_forward(ex, route, creds))
             return

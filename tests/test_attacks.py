@@ -850,6 +850,49 @@ async def test_token_fields_cannot_inject_upstream_headers(
     assert b"x-evil" not in res.raw.lower().split(b"\r\n\r\n", 1)[0]
 
 
+# ====================================================== 3b. tokens changing on one connection
+async def test_tokens_changing_on_one_keep_alive_connection(recorder, make_gateway):
+    """A proxy in front may send many users' requests over one kept-alive connection: each
+    request is judged by its own token (the per-connection memo of the last token's cache key
+    never lets another token through), and a revocation applies to the very next request."""
+    gw = await make_gateway(attack_config(recorder.url))
+    alice, bob = await _two_tokens(gw)
+    forged = alice[:-2] + ("AA" if alice[-2:] != "AA" else "BB")  # same length, last chars differ
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    raw = b""
+
+    async def ask(*headers: str) -> Response:
+        nonlocal raw
+        count = len(parse_responses(raw, False))
+        writer.write(get(b"/api/x", *headers, close=False))
+        while len(parse_responses(raw, False)) == count:
+            chunk = await asyncio.wait_for(reader.read(65536), 5)
+            assert chunk, "the gateway closed the connection"
+            raw += chunk
+        return parse_responses(raw, False)[-1]
+
+    try:
+        sequence = [
+            ("alice", alice, 200),
+            ("bob", bob, 200),
+            ("forged", forged, 401),
+            ("alice", alice, 200),
+            ("none", None, 401),
+            ("alice", alice, 200),
+        ]
+        for who, token, status in sequence:
+            res = await ask(f"Authorization: Bearer {token}") if token else await ask()
+            assert res.status == status, who
+        subjects = [identity_seen(e)["x-auth-subject"] for e in recorder.seen]
+        assert subjects == [["alice"], ["bob"], ["alice"], ["alice"]]
+        await gw.gateway.runtime.validator.revoke(alice)
+        assert (await ask(f"Authorization: Bearer {alice}")).status == 401
+        assert (await ask(f"Authorization: Bearer {bob}")).status == 200
+        assert len(recorder.seen) == 5
+    finally:
+        writer.close()
+
+
 # =========================================================================== 4. token placement
 async def _two_tokens(gw: Any) -> tuple[str, str]:
     return await issue(gw), await issue(gw, subject="bob")

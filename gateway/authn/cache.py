@@ -28,6 +28,11 @@ def token_hash(token: str) -> str:
     return sha256(token.encode()).hexdigest()
 
 
+def token_key(token: str) -> bytes:
+    """The in-process cache key of a token: local_key(token_hash(token)), without the hex."""
+    return sha256(token.encode()).digest()[:16]
+
+
 def local_key(digest: str) -> bytes:
     """The in-process cache key of a hex digest (its first 16 bytes)."""
     return bytes.fromhex(digest[:32])

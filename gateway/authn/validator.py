@@ -28,6 +28,7 @@ from gateway.authn.cache import (
     positive_entry,
     token_hash,
     token_id,
+    token_key,
 )
 from gateway.authn.grants import GrantMapper
 from gateway.authn.info import TokenInfo
@@ -143,7 +144,11 @@ class TokenValidator:
     def peek(self, token: str) -> TokenInfo | None:
         """A fresh in-process answer without I/O: TokenInfo, None (unknown), or raises
         InvalidTokenError for a cached negative."""
-        return self.local.peek_raw(sha256(token.encode()).digest()[:16])
+        return self.local.peek_raw(token_key(token))
+
+    def peek_key(self, key: bytes) -> TokenInfo | None:
+        """peek() by cache key (`token_key(token)`), for callers that kept the key."""
+        return self.local.peek_raw(key)
 
     async def validate(self, token: str) -> TokenInfo:
         """TokenInfo of an active token; raises InvalidTokenError or ValidatorUnavailableError."""

@@ -73,6 +73,9 @@ class HttpServerProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._idle_deadline = 0.0
         self._body_waiters: dict[Exchange, asyncio.Future[None]] = {}
+        #: The pipeline's memo for this connection (opaque here): the last bearer token and
+        #: its cache key, so that a keep-alive client resending its token is not hashed again.
+        self.token_memo: tuple[str, bytes] | None = None
 
     # ------------------------------------------------------------------ transport
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
