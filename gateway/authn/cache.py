@@ -28,14 +28,15 @@ def token_hash(token: str) -> str:
     return sha256(token.encode()).hexdigest()
 
 
-def token_key(token: str) -> bytes:
+def token_key(token: str) -> int:
     """The in-process cache key of a token: local_key(token_hash(token)), without the hex."""
-    return sha256(token.encode()).digest()[:16]
+    return int.from_bytes(sha256(token.encode()).digest()[:16], "big")
 
 
-def local_key(digest: str) -> bytes:
-    """The in-process cache key of a hex digest (its first 16 bytes)."""
-    return bytes.fromhex(digest[:32])
+def local_key(digest: str) -> int:
+    """The in-process cache key of a hex digest: its first 16 bytes as one integer (48 bytes of
+    memory where a 16-byte `bytes` takes 64, and cheaper to hash in the dict)."""
+    return int(digest[:32], 16)
 
 
 def token_id(digest: str) -> str:
@@ -87,17 +88,17 @@ def negative_entry(cached_at: float, cfg: CacheConfig) -> Entry:
 class LocalCache:
     """In-process LRU of answers (at most `max_entries`), plus the revoked-hash set.
 
-    Entries are keyed by the first 16 bytes of the digest (`local_key`): a fraction of the
-    memory of the hex form, and colliding with a cached token would still take a 128-bit
+    Entries are keyed by the first 16 bytes of the digest, as an integer (`local_key`): a
+    fraction of the memory of the hex form, and colliding with a cached token would still take a 128-bit
     second preimage of SHA-256. The dict's insertion order is the LRU order.
     """
 
     def __init__(self, cfg: CacheConfig) -> None:
         self.cfg = cfg
-        self.entries: dict[bytes, Entry] = {}
+        self.entries: dict[int, Entry] = {}
         self.revoked: dict[str, float] = {}  # hex hash -> keep until (the token's exp)
 
-    def peek_raw(self, key: bytes) -> TokenInfo | None:
+    def peek_raw(self, key: int) -> TokenInfo | None:
         """The hot path: a fresh positive answer, or None; a fresh negative raises."""
         entries = self.entries
         entry = entries.get(key)

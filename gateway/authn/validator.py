@@ -146,7 +146,7 @@ class TokenValidator:
         InvalidTokenError for a cached negative."""
         return self.local.peek_raw(token_key(token))
 
-    def peek_key(self, key: bytes) -> TokenInfo | None:
+    def peek_key(self, key: int) -> TokenInfo | None:
         """peek() by cache key (`token_key(token)`), for callers that kept the key."""
         return self.local.peek_raw(key)
 

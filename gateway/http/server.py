@@ -75,7 +75,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self._body_waiters: dict[Exchange, asyncio.Future[None]] = {}
         #: The pipeline's memo for this connection (opaque here): the last bearer token and
         #: its cache key, so that a keep-alive client resending its token is not hashed again.
-        self.token_memo: tuple[str, bytes] | None = None
+        self.token_memo: tuple[str, int] | None = None
 
     # ------------------------------------------------------------------ transport
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
