@@ -89,8 +89,8 @@ class LocalCache:
     """In-process LRU of answers (at most `max_entries`), plus the revoked-hash set.
 
     Entries are keyed by the first 16 bytes of the digest, as an integer (`local_key`): a
-    fraction of the memory of the hex form, and colliding with a cached token would still take a 128-bit
-    second preimage of SHA-256. The dict's insertion order is the LRU order.
+    fraction of the memory of the hex form, and colliding with a cached token would still take
+    a 128-bit second preimage of SHA-256. The dict's insertion order is the LRU order.
     """
 
     def __init__(self, cfg: CacheConfig) -> None:
