@@ -29,43 +29,50 @@ _BUCKETS: Final = (
 )
 
 
+class _RouteStats:
+    """One route's counters: requests by (method, status), latency buckets and their sum."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, int], int] = {}
+        self.buckets = [0] * (len(_BUCKETS) + 1)  # one count per bucket, then +Inf
+        self.total = 0.0
+
+
 class RequestStats(Collector):
-    """Requests by route/method/status and latency by route, kept in plain dicts (the data
+    """Requests by route/method/status and latency by route, kept in plain objects (the data
     path is single-threaded) and turned into Prometheus families only when scraped."""
 
     def __init__(self) -> None:
-        self.counts: dict[tuple[str, str, int], int] = {}
-        self.buckets: dict[str, list[int]] = {}  # per route: one count per bucket, then +Inf
-        self.sums: dict[str, float] = {}
+        self.routes: dict[str, _RouteStats] = {}
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        key = (route, method if method in _METHODS else "OTHER", status)
-        self.counts[key] = self.counts.get(key, 0) + 1
-        counts = self.buckets.get(route)
-        if counts is None:
-            counts = self.buckets[route] = [0] * (len(_BUCKETS) + 1)
-            self.sums[route] = 0.0
-        counts[bisect_left(_BUCKETS, seconds)] += 1
-        self.sums[route] += seconds
+        stats = self.routes.get(route)
+        if stats is None:
+            stats = self.routes[route] = _RouteStats()
+        key = (method if method in _METHODS else "OTHER", status)
+        counts = stats.counts
+        counts[key] = counts.get(key, 0) + 1
+        stats.buckets[bisect_left(_BUCKETS, seconds)] += 1
+        stats.total += seconds
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
             "gateway_requests", "Requests answered.", labels=["route", "method", "status"]
         )
-        for (route, method, status), n in sorted(self.counts.items()):
-            requests.add_metric([route, method, str(status)], n)
-        yield requests
         duration = HistogramMetricFamily(
             "gateway_request_duration_seconds",
             "Time from request head to the end of the answer.",
             labels=["route"],
         )
-        for route, counts in sorted(self.buckets.items()):
+        for route, stats in sorted(self.routes.items()):
+            for (method, status), n in sorted(stats.counts.items()):
+                requests.add_metric([route, method, str(status)], n)
             cumulative, running = [], 0
-            for bound, n in zip((*map(str, _BUCKETS), "+Inf"), counts, strict=True):
+            for bound, n in zip((*map(str, _BUCKETS), "+Inf"), stats.buckets, strict=True):
                 running += n
                 cumulative.append((bound, running))
-            duration.add_metric([route], cumulative, self.sums[route])
+            duration.add_metric([route], cumulative, stats.total)
+        yield requests
         yield duration
 
 

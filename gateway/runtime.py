@@ -81,7 +81,7 @@ class Runtime:
         else:
             name = "session" if ex.raw_path == self.session_path else "none"
         status = ex.status or 499
-        self.metrics.observe(name, ex.method, status, seconds)
+        self.metrics.stats.observe(name, ex.method, status, seconds)
         if error is not None:
             self.metrics.denials.labels(name, error.reason).inc()
             if error.status in (502, 504) and route is not None:
