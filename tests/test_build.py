@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -65,3 +66,25 @@ def test_version_names_the_build() -> None:
     expected = "pure-python" if PURE else "compiled"
     assert out.strip() == f"gateway {gateway.__version__} ({expected})"
     assert gateway.build_kind() == expected
+
+
+@pytest.mark.parametrize("pure", [False, True], ids=["compiled", "pure"])
+def test_isolated_build_gets_the_runtime_dependencies(pure: bool) -> None:
+    """An isolated `pip install .` must see the libraries' types (a compiled class with an
+    unknown base crashes at run time): the build backend asks for the project's dependencies,
+    unless the build is pure-Python."""
+    import tomllib
+
+    env = {**os.environ, "GATEWAY_PURE_PYTHON": "1" if pure else "0"}
+    code = (
+        "import json, sys; sys.path.insert(0, 'tools'); import native_build as b; "
+        "print(json.dumps([b.get_requires_for_build_wheel(), b.get_requires_for_build_editable()]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    ).stdout
+    wheel, editable = json.loads(out)
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    expected = [] if pure else deps
+    assert wheel == expected
+    assert editable == expected

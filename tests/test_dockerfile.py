@@ -327,6 +327,23 @@ def test_lock_is_installed_without_resolution(dockerfile: list[Stage]) -> None:
     assert "pip check" in runs
 
 
+def test_builder_compiles_the_request_path(dockerfile: list[Stage], final: Stage) -> None:
+    """The wheel is built with the compiler and mypy pinned as pyproject pins them, and the build
+    fails unless the installed gateway reports the compiled build; no compiler in the image."""
+    builder = [s for s in dockerfile if s is not final]
+    runs = " ".join(i.args for s in builder for i in s.all("RUN"))
+    args = " ".join(i.args for s in builder for i in s.all("ARG"))
+    assert re.search(r"apt-get install[^&]*\bgcc\b", runs)
+    pinned = re.search(
+        r'requires = \[[^\]]*"mypy==([0-9.]+)"', (ROOT / "pyproject.toml").read_text()
+    )
+    assert pinned is not None
+    assert f"MYPY_VERSION={pinned.group(1)}" in args
+    assert "gateway --version | grep -q '(compiled)'" in runs
+    final_runs = " ".join(i.args for i in final.all("RUN"))
+    assert "gcc" not in final_runs
+
+
 def test_entrypoint_is_gateway_cli_with_config(final: Stage) -> None:
     """ENTRYPOINT is the `gateway` console script and CMD serves /etc/gateway/gateway.yaml."""
     entrypoint = final.all("ENTRYPOINT")[-1].exec_form()
