@@ -7,6 +7,8 @@ import time
 
 import pytest
 import redis
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.authn.cache import (
     LocalCache,
@@ -14,6 +16,7 @@ from gateway.authn.cache import (
     negative_entry,
     positive_entry,
     token_hash,
+    token_key,
 )
 from gateway.authn.info import TokenInfo
 from gateway.config.models import CacheConfig
@@ -178,3 +181,21 @@ def test_cached_answers_share_client_ids_and_scopes():
     finally:
         info_module._SHARED_STRS.clear()
         info_module._SHARED_STRS.update(saved)
+
+
+@given(
+    st.text(
+        alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/=",
+        min_size=1,
+        max_size=200,
+    )
+)
+def test_token_key_is_the_key_of_the_tokens_digest(token):
+    """The request path keys the cache by token_key(token) (no hex round trip); everything else
+    (puts, revocations, Redis answers) by local_key(token_hash(token)). They must agree, or the
+    fast path would silently miss every cached answer."""
+    assert token_key(token) == local_key(token_hash(token))
+    cache = LocalCache(CacheConfig())
+    info = TokenInfo("alice", "app", "read", frozenset({"read"}), "authorization_code", None)
+    cache.put(token_hash(token), positive_entry(info, time.time(), cache.cfg))
+    assert cache.peek_raw(token_key(token)) is info
