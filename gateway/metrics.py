@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import Final
 
@@ -11,7 +10,8 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 
 _METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_BUCKETS: Final = (
+#: Not Final: mypyc would inline the tuple literal and rebuild it (15 floats) on every use.
+_BUCKETS: tuple[float, ...] = (
     0.001,
     0.0025,
     0.005,
@@ -27,6 +27,7 @@ _BUCKETS: Final = (
     10.0,
     30.0,
 )
+_LAST_BUCKET: Final = len(_BUCKETS)  # the +Inf bucket's index
 
 
 class _RouteStats:
@@ -35,6 +36,7 @@ class _RouteStats:
     def __init__(self) -> None:
         self.counts: dict[tuple[str, int], int] = {}
         self.buckets = [0] * (len(_BUCKETS) + 1)  # one count per bucket, then +Inf
+        self.bounds: list[float] = list(_BUCKETS)
         self.total = 0.0
 
 
@@ -52,7 +54,13 @@ class RequestStats(Collector):
         key = (method if method in _METHODS else "OTHER", status)
         counts = stats.counts
         counts[key] = counts.get(key, 0) + 1
-        stats.buckets[bisect_left(_BUCKETS, seconds)] += 1
+        # bisect_left by hand: compiled, one or two comparisons for the usual sub-ms answer
+        # (bisect's generic call and boxed-float comparisons cost more than the whole update)
+        i = 0
+        bounds = stats.bounds
+        while i < _LAST_BUCKET and bounds[i] < seconds:
+            i += 1
+        stats.buckets[i] += 1
         stats.total += seconds
 
     def collect(self) -> Iterator[Metric]:

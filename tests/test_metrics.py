@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
 from gateway.metrics import Metrics
 
 
@@ -29,3 +33,35 @@ def test_each_metrics_object_has_its_own_registry():
     a.observe("r", "GET", 200, 0.01)
     assert "gateway_requests_total{" in a.render().decode()
     assert "gateway_requests_total{" not in b.render().decode()
+
+
+_BOUNDS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from(_BOUNDS),  # exactly on a bound: counted in that bound's bucket
+            st.floats(min_value=0.0, max_value=100.0, allow_nan=False),
+        ),
+        max_size=30,
+    )
+)
+def test_latency_buckets_agree_with_prometheus_clients_own_histogram(durations):
+    """Our hand-rolled bucket search files every duration where prometheus_client's Histogram
+    (the independent reference, same bounds) does, including values exactly on a bound."""
+    ours = Metrics()
+    ref_registry = CollectorRegistry()
+    ref = Histogram(
+        "gateway_request_duration_seconds", "ref", ["route"], buckets=_BOUNDS,
+        registry=ref_registry,
+    )  # fmt: skip
+    for seconds in durations:
+        ours.observe("api", "GET", 200, seconds)
+        ref.labels("api").observe(seconds)
+
+    def buckets(text: str) -> list[str]:
+        return [line for line in text.splitlines() if "_bucket{" in line]
+
+    assert buckets(ours.render().decode()) == buckets(generate_latest(ref_registry).decode())
