@@ -50,6 +50,60 @@ def setup_logging(cfg: LogConfig, stream: TextIO | None = None) -> None:
     logging.basicConfig(level=max(_LEVELS[cfg.level], logging.WARNING), stream=sys.stderr)
 
 
+def json_str(value: str) -> str:
+    """`value` as a JSON string literal. Most values (paths, names) need no escaping and are
+    quoted as they are; anything else goes through orjson."""
+    return '"' + value + '"' if _plain(value) else orjson.dumps(value).decode()
+
+
+def _plain(value: str) -> bool:
+    """Nothing in `value` needs escaping in JSON (printable ASCII without `"` and `\\`)."""
+    return value.isascii() and value.isprintable() and '"' not in value and "\\" not in value
+
+
+_LITERALS: Final[dict[str, str]] = {}  # json_str of the few values that repeat (names, ips)
+_LITERALS_MAX: Final = 10_000
+
+
+def _literal(value: str) -> str:
+    hit = _LITERALS.get(value)
+    if hit is None:
+        if len(_LITERALS) >= _LITERALS_MAX:
+            _LITERALS.clear()
+        hit = _LITERALS[value] = json_str(value)
+    return hit
+
+
+def access_line(
+    request_id: str,
+    client: str,
+    method: str,
+    path: str,
+    route: str,
+    status: int,
+    upstream: str | None,
+    duration_us: int,
+    sent: int,
+    reason: str | None,
+) -> bytes:
+    """One JSON access line, rendered without building a dict: the same object orjson would
+    write for those fields, in the same order (a property test holds it to that). Only str
+    pieces go into the f-string: compiled, it is then one allocation.
+
+    `request_id` must already be JSON-safe (wire.request_id keeps or mints only
+    `A-Za-z0-9._:-`); `duration_ms` is written from whole microseconds, 3 decimals."""
+    up = "null" if upstream is None else _literal(upstream)
+    tail = "}" if reason is None else ',"reason":' + _literal(reason) + "}"
+    ms = str(duration_us // 1000) + "." + str(duration_us % 1000 + 1000)[1:]
+    path_literal = f'"{path}"' if _plain(path) else orjson.dumps(path).decode()
+    return (
+        f'{{"event":"access","request_id":"{request_id}","client":{_literal(client)},'
+        f'"method":{_literal(method)},"path":{path_literal},"route":{_literal(route)},'
+        f'"status":{status!s},"upstream":{up},"duration_ms":{ms},'
+        f'"bytes":{sent!s}{tail}'
+    ).encode()
+
+
 class AccessLog:
     """One line per request. JSON lines are buffered and flushed by the event loop, not per line."""
 
@@ -68,7 +122,10 @@ class AccessLog:
         if not self.json_out:
             self._log.info("access", **{k: v for k, v in fields.items() if k != "event"})
             return
-        line = orjson.dumps(fields)
+        self.write_line(orjson.dumps(fields))
+
+    def write_line(self, line: bytes) -> None:
+        """A rendered JSON line (see access_line)."""
         self._buf.append(line)
         self._size += len(line) + 1
         if self._size > 64 * 1024:

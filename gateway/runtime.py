@@ -18,7 +18,7 @@ from gateway.forward import Forwarder
 from gateway.forward_auth import ForwardAuthHandler
 from gateway.http.exchange import Exchange
 from gateway.http.pool import UpstreamPool
-from gateway.logs import AccessLog, use_json
+from gateway.logs import AccessLog, access_line, use_json
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
 from gateway.routing import Route, RouteTable
@@ -86,7 +86,19 @@ class Runtime:
             self.metrics.denials.labels(name, error.reason).inc()
             if error.status in (502, 504) and route is not None:
                 self.metrics.upstream_errors.labels(route.upstream, error.reason).inc()
-        if not self.access.enabled:
+        access = self.access
+        if not access.enabled:
+            return
+        upstream = route.upstream if route and forwarded and error is None else None
+        duration_us = int(seconds * 1_000_000)
+        reason = error.reason if error is not None else None
+        if access.json_out:
+            access.write_line(
+                access_line(
+                    ex.request_id, ex.client_ip, ex.method, _loggable_path(ex), name, status,
+                    upstream, duration_us, ex.bytes_sent, reason,
+                )
+            )  # fmt: skip
             return
         fields: dict[str, Any] = {
             "event": "access",
@@ -96,13 +108,13 @@ class Runtime:
             "path": _loggable_path(ex),
             "route": name,
             "status": status,
-            "upstream": route.upstream if route and forwarded and error is None else None,
-            "duration_ms": int(seconds * 1_000_000) / 1000,  # µs precision, cheaper than round()
+            "upstream": upstream,
+            "duration_ms": duration_us / 1000,
             "bytes": ex.bytes_sent,
         }
-        if error is not None:
-            fields["reason"] = error.reason
-        self.access.write(fields)
+        if reason is not None:
+            fields["reason"] = reason
+        access.write(fields)
 
     def close_pools(self, keep: dict[str, UpstreamPool] | None = None) -> None:
         """Close the pools a new runtime does not carry over (all of them without `keep`)."""
