@@ -79,10 +79,22 @@ class TrustedProxies:
         return hit
 
 
-# What to do with each client header that is not simply copied (lower-case names; a name with
-# `_` is looked up again with `-`, so X_Auth_Subject cannot slip past)
+def _spellings(name: bytes) -> list[bytes]:
+    """`name` with each of its `-` also written `_`, in every combination (x_auth-subject...):
+    upstream frameworks often read `_` as `-`, so X_Auth_Subject must not slip past."""
+    out = [b""]
+    for part_index, part in enumerate(name.split(b"-")):
+        if part_index == 0:
+            out = [part]
+        else:
+            out = [prefix + sep + part for prefix in out for sep in (b"-", b"_")]
+    return out
+
+
+# What to do with each client header that is not simply copied: lower-case names, in every
+# `-`/`_` spelling (one dict lookup per header, no search for `_`)
 _HOP, _IDENTITY, _CREDENTIAL, _OURS, _XFF, _XF_KEEP = range(6)
-_SPECIAL: Final[dict[bytes, int]] = {
+_ACTIONS: Final[dict[bytes, int]] = {
     **dict.fromkeys(wire.HOP_BY_HOP, _HOP),
     **dict.fromkeys(wire.IDENTITY_HEADERS, _IDENTITY),
     **dict.fromkeys(wire.CREDENTIAL_HEADERS, _CREDENTIAL),
@@ -90,6 +102,9 @@ _SPECIAL: Final[dict[bytes, int]] = {
     b"x-forwarded-for": _XFF,
     b"x-forwarded-proto": _XF_KEEP,
     b"x-forwarded-host": _XF_KEEP,
+}
+_SPECIAL: Final[dict[bytes, int]] = {
+    spelling: action for name, action in _ACTIONS.items() for spelling in _spellings(name)
 }
 
 
@@ -108,8 +123,6 @@ def build_head(
     out: list[bytes] = []
     for name, value in ex.headers:
         action = _SPECIAL.get(name)
-        if action is None and b"_" in name:
-            action = _SPECIAL.get(name.replace(b"_", b"-"))
         if action is None:
             if not conn_tokens or name not in conn_tokens:
                 out += (name, b": ", value, b"\r\n")

@@ -169,7 +169,11 @@ class Gateway:
             for conn in list(ctx.connections):
                 if not conn.queue and conn.transport is not None:
                     conn.transport.close()  # idle keep-alive connections go now
-        busy = [c.idle.wait() for c in contexts if c.in_flight]
+        busy = []
+        for ctx in contexts:
+            if ctx.in_flight:
+                ctx.idle.clear()
+                busy.append(ctx.idle.wait())
         if busy:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*busy), self.cfg.shutdown_timeout)

@@ -219,6 +219,43 @@ async def test_keep_alive_and_connection_close(echo_upstream, make_gateway):
 
 
 @pytest.mark.parametrize(
+    ("version", "extra", "answer_version", "stays_open"),
+    [
+        (b"1.1", b"", b"HTTP/1.1", True),
+        (b"1.1", b"Connection: close\r\n", b"HTTP/1.1", False),
+        (b"1.1", b"Proxy-Connection: close\r\n", b"HTTP/1.1", True),  # hop-by-hop, not ours
+        (b"1.1", b"Connection: keep-alive\r\n", b"HTTP/1.1", True),
+        (b"1.0", b"", b"HTTP/1.0", False),
+        (b"1.0", b"Proxy-Connection: keep-alive\r\n", b"HTTP/1.0", False),
+        (b"1.0", b"Connection: keep-alive\r\n", b"HTTP/1.0", True),
+        (b"1.0", b"Connection: Keep-Alive, X-Foo\r\n", b"HTTP/1.0", True),
+    ],
+)
+async def test_request_version_and_keep_alive_by_connection_headers(
+    echo_upstream, make_gateway, version, extra, answer_version, stays_open
+):
+    """The request's HTTP version (read cheaply when no Connection-type header is present)
+    decides the answer's version and, with Connection, whether the connection stays open."""
+    gw = await make_gateway(base_config(echo_upstream.url))
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    try:
+        writer.write(b"GET /v HTTP/" + version + b"\r\nHost: x\r\n" + extra + b"\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+        assert head.startswith(answer_version + b" 200 ")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        try:
+            rest = await asyncio.wait_for(reader.read(1), 0.3)
+            open_after = False
+            assert rest == b""
+        except TimeoutError:
+            open_after = True
+        assert open_after == stays_open
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
     "head",
     [
         b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
 
 import aiohttp
 
+from gateway.http import wire
 from tests.fixtures.process import GatewayProcess
 
 
@@ -94,12 +96,33 @@ async def test_workers_share_the_port_and_drain(echo_upstream, tmp_path):
     await gp.start()
     try:
         async with aiohttp.ClientSession() as s:
+            ids = []
             for _ in range(20):
                 async with s.get(gp.url + "/w", headers={"Connection": "close"}) as r:
                     assert r.status == 200
+                    ids.append(r.headers["X-Request-Id"])
         assert gp.proc is not None
         children = subprocess.run(["pgrep", "-P", str(gp.proc.pid)], capture_output=True, text=True)
         assert len(children.stdout.split()) == 2
     finally:
         assert gp.stop() == 0
     assert echo_upstream.requests == 20
+    assert len(set(ids)) == 20  # each worker mints its own ids (forked after import)
+
+
+def test_a_forked_process_mints_request_ids_of_its_own():
+    """The id prefix is drawn again in a forked child: workers never repeat each other's ids."""
+    before = wire.request_id(None)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: mint one id, hand it over, leave at once
+        os.write(write_end, wire.request_id(None).encode())
+        os._exit(0)
+    os.close(write_end)
+    child_id = os.read(read_end, 200).decode()
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    after = wire.request_id(None)
+    assert len(child_id) == len(before) == len(after)
+    assert child_id[:12] != before[:12]  # another random prefix
+    assert after[:12] == before[:12] and after != before  # the parent's own sequence goes on

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Final
 
 from gateway.errors import BadHttpRequestError, GatewayError
+from gateway.http import wire
 
 _WATCHED: Final = frozenset(
     {
@@ -17,6 +18,7 @@ _WATCHED: Final = frozenset(
         b"upgrade",
         b"x-request-id",
         b"connection",
+        b"proxy-connection",
     }
 )
 _EMPTY: Final[frozenset[bytes]] = frozenset()
@@ -25,7 +27,16 @@ _EMPTY: Final[frozenset[bytes]] = frozenset()
 class HeadScan:
     """The headers the server itself acts on, gathered in one pass."""
 
-    __slots__ = ("cl", "connection", "expect", "hosts", "request_id", "te", "upgrade")
+    __slots__ = (
+        "cl",
+        "conn_headers",
+        "connection",
+        "expect",
+        "hosts",
+        "request_id",
+        "te",
+        "upgrade",
+    )
 
     def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
         self.hosts: list[bytes] = []
@@ -34,7 +45,9 @@ class HeadScan:
         self.expect: bytes | None = None
         self.upgrade: bytes | None = None
         self.request_id: bytes | None = None
-        tokens: set[bytes] | None = None
+        #: a Connection or Proxy-Connection header was sent (both set llhttp's keep-alive flags)
+        self.conn_headers = False
+        tokens: frozenset[bytes] | None = None
         for name, value in headers:
             if name not in _WATCHED:
                 continue
@@ -45,15 +58,18 @@ class HeadScan:
             elif name == b"content-length":
                 self.cl.append(value)
             elif name == b"connection":
-                tokens = tokens or set()
-                tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
+                self.conn_headers = True
+                more = wire.connection_tokens(value)
+                tokens = more if tokens is None else tokens | more
+            elif name == b"proxy-connection":
+                self.conn_headers = True
             elif name == b"expect":
                 self.expect = self.expect or value
             elif name == b"upgrade":
                 self.upgrade = self.upgrade or value
             elif self.request_id is None:
                 self.request_id = value
-        self.connection: frozenset[bytes] | set[bytes] = tokens or _EMPTY
+        self.connection: frozenset[bytes] = tokens if tokens is not None else _EMPTY
 
     def keep_alive(self, version: bytes) -> bool:
         if b"close" in self.connection:

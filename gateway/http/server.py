@@ -10,7 +10,7 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Final, cast
 
 import httptools
 import structlog
@@ -27,6 +27,10 @@ from gateway.http.exchange import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, Exchange
 from gateway.http.head import HeadScan, absolute_form
 
 log = structlog.get_logger("gateway")
+#: llhttp's method names as str, looked up instead of decoded per request
+_METHODS: Final[dict[bytes, str]] = {
+    m: m.decode() for m in (b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS")
+}
 Handler = Callable[[Exchange], None]  # answers now, or starts a task; ends with ex.end()
 
 
@@ -43,7 +47,8 @@ class ServerContext:
     header_timeout: float = 30.0
     in_flight: int = 0
     draining: bool = False
-    idle: asyncio.Event = field(default_factory=asyncio.Event)  # set when in_flight drops to 0
+    #: set when in_flight drops to 0 while draining (drain() clears it before waiting)
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
     connections: set[HttpServerProtocol] = field(default_factory=set)
 
 
@@ -243,10 +248,17 @@ class HttpServerProtocol(asyncio.Protocol):
     # ------------------------------------------------------------ request building
     def _new_exchange(self) -> Exchange:
         p = self.parser
-        method = p.get_method().decode("ascii", "replace")
-        version = p.get_http_version().encode()
+        raw_method = p.get_method()
+        method = _METHODS.get(raw_method) or raw_method.decode("ascii", "replace")
         headers = self._headers
         scan = HeadScan(headers)
+        # Without Connection/Proxy-Connection headers llhttp's keep-alive answer is exactly
+        # "this is HTTP/1.1" (the only version with a minor > 0 it accepts), and cheaper than
+        # get_http_version(), which formats a new string.
+        if not scan.conn_headers and p.should_keep_alive():
+            version = b"1.1"
+        else:
+            version = p.get_http_version().encode()
         if self._url.startswith(b"/"):
             path, _, query = self._url.partition(b"?")
             host: bytes | None = scan.hosts[0] if scan.hosts else None
@@ -310,7 +322,6 @@ class HttpServerProtocol(asyncio.Protocol):
         if ex.ended or self.closed:
             return
         self.ctx.in_flight += 1
-        self.ctx.idle.clear()
         try:
             self.ctx.handler(ex)
         except Exception:  # a handler bug must not take the connection's other requests down
@@ -318,9 +329,10 @@ class HttpServerProtocol(asyncio.Protocol):
             ex.abort()
 
     def exchange_ended(self, ex: Exchange) -> None:
-        self.ctx.in_flight -= 1
-        if self.ctx.in_flight == 0:
-            self.ctx.idle.set()
+        ctx = self.ctx
+        ctx.in_flight -= 1
+        if ctx.in_flight == 0 and ctx.draining:
+            ctx.idle.set()  # only a drain waits on it (asyncio.Event costs two Python calls)
 
     def exchange_finished(self, ex: Exchange) -> None:
         """The answer to queue[0] is complete: close, or move to the next pipelined request."""

@@ -24,6 +24,7 @@ OnError = Callable[[GatewayError], None]
 #: response headers not simply copied: framing, hop-by-hop, ours (X-Request-Id), Cache-Control
 _RESPONSE_SPECIAL: Final = wire.HOP_BY_HOP | {b"content-length", b"x-request-id", b"cache-control"}
 _CONNECTION_OPTIONS: Final = frozenset({b"close", b"keep-alive"})
+_NO_TOKENS: Final[frozenset[bytes]] = frozenset()
 _JOIN_LIMIT: Final = 64 * 1024  # below this, pieces are joined into one write; above, writelines
 
 
@@ -253,7 +254,7 @@ class UpstreamConnection(asyncio.Protocol):
         headers = self._headers
         length: int | None = None
         chunked = False
-        tokens: set[bytes] = set()
+        connection: bytes | None = None
         out: list[tuple[bytes, bytes]] = []
         for name, value in headers:  # one pass; most headers are copied as they are
             if name not in _RESPONSE_SPECIAL:
@@ -263,16 +264,17 @@ class UpstreamConnection(asyncio.Protocol):
             elif name == b"transfer-encoding":
                 chunked = True
             elif name == b"connection":
-                tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
+                connection = value if connection is None else connection + b"," + value
             elif name == b"cache-control" and not ex.private_cache:
                 out.append((name, value))
+        tokens = wire.connection_tokens(connection) if connection is not None else _NO_TOKENS
         # The version is read only when the Connection header does not decide (httptools
         # formats it into a new string on every call).
         self._keep_alive = b"close" not in tokens and (
             b"keep-alive" in tokens or self.parser.get_http_version() == "1.1"
         )
-        named = tokens - _CONNECTION_OPTIONS
-        if named:  # headers listed in Connection are for this hop only
+        if tokens and not tokens <= _CONNECTION_OPTIONS:
+            named = tokens - _CONNECTION_OPTIONS  # headers listed in Connection: this hop only
             out = [(n, v) for n, v in out if n not in named]
         no_body = self._head_request or status in (204, 304) or status == 101
         if chunked:

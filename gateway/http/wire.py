@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
 from http import HTTPStatus
@@ -30,10 +29,52 @@ IDENTITY_HEADERS: Final = frozenset(
 )
 CREDENTIAL_HEADERS: Final = frozenset({b"authorization", b"x-appsecret-proof", b"x-appsecret-time"})
 
+_KEEP_ALIVE: Final = frozenset({b"keep-alive"})
+_CLOSE: Final = frozenset({b"close"})
+#: Connection values as clients and upstreams usually spell them: no split/strip/lower needed
+_SIMPLE_CONNECTION: Final[dict[bytes, frozenset[bytes]]] = {
+    b"keep-alive": _KEEP_ALIVE,
+    b"Keep-Alive": _KEEP_ALIVE,
+    b"close": _CLOSE,
+    b"Close": _CLOSE,
+}
+
+
+def connection_tokens(value: bytes) -> frozenset[bytes]:
+    """The lower-case tokens of a Connection header value (RFC 9110 7.6.1)."""
+    simple = _SIMPLE_CONNECTION.get(value)
+    if simple is not None:
+        return simple
+    return frozenset(t for t in (p.strip().lower() for p in value.split(b",")) if t)
+
+
 _REASONS: Final = {s.value: s.phrase.encode() for s in HTTPStatus}
 _REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
-_ID_PREFIX: Final = os.urandom(6).hex()
-_ID_COUNTER: Final = itertools.count(1 << 40)  # 11 hex digits for 16 trillion ids: one length
+
+
+class _RequestIds:
+    """Minted request ids: a random per-process prefix and a counter (no syscall per id).
+
+    A forked worker (`workers: N`) draws its own prefix, or every worker would mint the same
+    ids. The counter is decimal from 10**12: 13 digits for 9 trillion ids, one length."""
+
+    def __init__(self) -> None:
+        self.prefix = ""
+        self.counter = 0
+        self.reseed()
+
+    def reseed(self) -> None:
+        self.prefix = os.urandom(6).hex()
+        self.counter = 10**12
+
+    def mint(self) -> str:
+        n = self.counter
+        self.counter = n + 1
+        return f"{self.prefix}{n}"
+
+
+_IDS: Final = _RequestIds()
+os.register_at_fork(after_in_child=_IDS.reseed)
 
 
 def reason_phrase(status: int) -> bytes:
@@ -44,7 +85,7 @@ def request_id(sent: bytes | None) -> str:
     """Keep a well-formed client id (1-128 of `A-Za-z0-9._:-`); else mint one, with no syscall."""
     if sent is not None and _REQUEST_ID.fullmatch(sent):
         return sent.decode("ascii")
-    return _ID_PREFIX + hex(next(_ID_COUNTER))[2:]  # hex(): no format-spec parsing per request
+    return _IDS.mint()
 
 
 def _quote(value: str) -> str:
@@ -80,9 +121,23 @@ def error_headers(exc: GatewayError, realm: str) -> list[tuple[bytes, bytes]]:
     return headers
 
 
+_STATUS_LINES: Final[dict[int, bytes]] = {
+    code: b"HTTP/1.1 %d %s\r\n" % (code, phrase) for code, phrase in _REASONS.items()
+}
+
+
+def status_line(status: int, version: bytes = b"1.1") -> bytes:
+    """`HTTP/1.1 200 OK\\r\\n`: looked up for HTTP/1.1 and the known codes."""
+    if version == b"1.1":
+        line = _STATUS_LINES.get(status)
+        if line is not None:
+            return line
+    return b"HTTP/%s %d %s\r\n" % (version, status, reason_phrase(status))
+
+
 def render_head(status: int, headers: list[tuple[bytes, bytes]], version: bytes = b"1.1") -> bytes:
     """Status line and header block, CRLF-terminated."""
-    out = [b"HTTP/", version, b" ", str(status).encode(), b" ", reason_phrase(status), b"\r\n"]
+    out = [status_line(status, version)]
     for name, value in headers:
         out += (name, b": ", value, b"\r\n")
     out.append(b"\r\n")

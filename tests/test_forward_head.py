@@ -1,0 +1,39 @@
+"""The upstream head's header policy table: every `-`/`_` spelling of a special header name
+is special, and nothing else is (the rule it replaced: look the name up again with `_` read
+as `-`)."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.forward import _ACTIONS, _SPECIAL
+
+
+def _old_rule(name: bytes) -> int | None:
+    action = _ACTIONS.get(name)
+    if action is None and b"_" in name:
+        action = _ACTIONS.get(name.replace(b"_", b"-"))
+    return action
+
+
+@st.composite
+def respelled(draw: st.DrawFn) -> bytes:
+    """A special name with some of its `-` written `_`."""
+    name = draw(st.sampled_from(sorted(_ACTIONS)))
+    return b"".join(b"_" if c == ord("-") and draw(st.booleans()) else bytes([c]) for c in name)
+
+
+@given(
+    st.one_of(
+        respelled(), st.binary(max_size=24), st.from_regex(rb"[a-z_\-]{1,20}", fullmatch=True)
+    )
+)
+def test_special_table_agrees_with_the_underscore_rule(name):
+    assert _SPECIAL.get(name) == _old_rule(name)
+
+
+def test_every_spelling_of_an_identity_header_is_special():
+    assert _SPECIAL[b"x_auth_client_id"] == _SPECIAL[b"x-auth-client-id"]
+    assert _SPECIAL[b"x-auth_client-id"] == _SPECIAL[b"x-auth-client-id"]
+    assert b"x--auth-subject" not in _SPECIAL and b"xauth-subject" not in _SPECIAL
