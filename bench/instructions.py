@@ -5,7 +5,7 @@ Runs `bench/hotpath.py` (the real server and upstream protocol objects, in-memor
 under `valgrind --tool=callgrind` with two request counts at once and divides the difference, so
 that start-up cancels out. `--pure` also counts a pure-Python copy of the same source (the
 compiled modules left out), for the compiled/pure ratio. Needs valgrind (Debian: valgrind);
-about a minute per row on 2 cores.
+about a minute and a half per row on 2 cores.
 
     .venv/bin/python bench/instructions.py [--pure] [--paths /bench /public]
 """
@@ -55,11 +55,18 @@ def total_instructions(path: str, requests: int, env: dict[str, str], out: Path)
 
 
 def per_request(path: str, env: dict[str, str], tmp: Path) -> float:
-    """(I(LARGE) - I(SMALL)) / (LARGE - SMALL): the two runs share every start-up cost."""
-    with ThreadPoolExecutor(2) as pool:
-        small, large = pool.map(
-            lambda n: total_instructions(path, n, env, tmp / f"cg-{n}.out"), (SMALL, LARGE)
+    """(I(LARGE) - I(SMALL)) / (LARGE - SMALL): the runs share every start-up cost. A third
+    run in the middle checks that: both halves must give the same slope, or a run's start-up
+    differed (it has happened once: a figure 14k too low), and the figure is refused."""
+    sizes = (SMALL, (SMALL + LARGE) // 2, LARGE)
+    with ThreadPoolExecutor(3) as pool:
+        small, mid, large = pool.map(
+            lambda n: total_instructions(path, n, env, tmp / f"cg-{n}.out"), sizes
         )
+    low = (mid - small) / (sizes[1] - SMALL)
+    high = (large - mid) / (LARGE - sizes[1])
+    if abs(high - low) > 0.02 * max(low, high):
+        sys.exit(f"{path}: unstable count ({low:,.0f} vs {high:,.0f} per request); run again")
     return (large - small) / (LARGE - SMALL)
 
 

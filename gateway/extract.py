@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from hmac import compare_digest
 from typing import Final
 from urllib.parse import unquote_plus
 
@@ -71,6 +72,19 @@ class Credentials:
 
     def _fields(self) -> tuple[str | None, bool, bool, str | None, str | None]:
         return (self.token, self.in_query, self.in_form, self.proof, self.proof_time)
+
+
+class KnownBearer:
+    """An Authorization value already parsed on this connection, the token it carried and the
+    caller's key for that token: a keep-alive client resends the same value on every request,
+    and an equal value (compared in constant time) needs no parsing again."""
+
+    __slots__ = ("key", "raw", "token")
+
+    def __init__(self, raw: bytes, token: str, key: int) -> None:
+        self.raw = raw
+        self.token = token
+        self.key = key
 
 
 def _param_name(part: str) -> str:
@@ -151,7 +165,7 @@ def _single_token(values: list[str] | None) -> str | None:
 
 
 def _scan_headers(
-    headers: Sequence[tuple[bytes, bytes]],
+    headers: Sequence[tuple[bytes, bytes]], known: KnownBearer | None
 ) -> tuple[str | None, list[str], list[str]]:
     """The Authorization bearer token and every X-Appsecret-Proof / -Time value, in order."""
     token: str | None = None
@@ -163,7 +177,10 @@ def _scan_headers(
             authorizations += 1
             if authorizations > 1:
                 raise InvalidRequestError(reason="authorization_repeated")
-            token = _bearer(value)
+            if known is not None and compare_digest(value, known.raw):
+                token = known.token  # `known.token is token` tells the caller it matched
+            else:
+                token = _bearer(value)
         elif name == b"x-appsecret-proof":
             proofs.append(value.strip(_OWS).decode("latin-1"))
         elif name == b"x-appsecret-time":
@@ -176,13 +193,15 @@ def extract_credentials(
     query: str,
     policy: ExtractPolicy,
     form_body: bytes | None = None,
+    known: KnownBearer | None = None,
 ) -> Credentials:
     """Find the bearer token and appsecret_proof parameters; raise InvalidRequestError if unclear.
 
     `headers` have lower-cased names; `query` is the raw query string (no `?`); `form_body` is
-    the body of an `application/x-www-form-urlencoded` request, when the caller read it.
+    the body of an `application/x-www-form-urlencoded` request, when the caller read it;
+    `known` the connection's last Authorization value, reused when this one equals it.
     """
-    header_token, proofs, times = _scan_headers(headers)
+    header_token, proofs, times = _scan_headers(headers, known)
     if not proofs and not times and form_body is None and not _may_hold_credentials(query):
         return Credentials(header_token)  # the common case: a header token, or none at all
     params = _query_params(query, _CREDENTIAL_PARAMS)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Coroutine
-from hmac import compare_digest
 from typing import TYPE_CHECKING, Any, Final
 
 import structlog
@@ -24,7 +23,7 @@ from gateway.errors import (
     NoRouteError,
     ValidatorUnavailableError,
 )
-from gateway.extract import Credentials, extract_credentials, strip_form_token
+from gateway.extract import Credentials, KnownBearer, extract_credentials, strip_form_token
 from gateway.http.exchange import Exchange
 from gateway.normalize import normalize_path
 from gateway.routing import Route
@@ -96,30 +95,36 @@ class Pipeline:
             elif self._form_token_possible(ex, route):
                 spawn(ex, self._authenticate_then_forward(ex, route))
             else:
-                self._check_token(ex, route, self.extract(ex, route, None))
+                self._check_token(ex, route)
         except GatewayError as exc:
             ex.fail(exc)
 
-    def _check_token(self, ex: Exchange, route: Route, creds: Credentials) -> None:
-        """Cached token: authorize and forward now; otherwise look it up in a task."""
-        token = creds.token
-        assert token is not None
-        # A keep-alive client sends the same token on every request: its cache key (a SHA-256)
-        # is kept on the connection. The token itself is compared, in constant time (a proxy in
-        # front may carry many users' requests on one connection); freshness and revocation are
-        # still checked by peek_key() on every request.
+    def _check_token(self, ex: Exchange, route: Route) -> None:
+        """Cached token: authorize and forward now; otherwise look it up in a task.
+
+        A keep-alive client sends the same Authorization value on every request: the
+        connection keeps the last one with its token and cache key (a SHA-256), and extraction
+        hands back that very token object when the value is equal (compared in constant time:
+        a proxy in front may carry many users' requests on one connection). Freshness and
+        revocation are still checked by peek_key() on every request."""
         conn = ex.conn
         memo = conn.token_memo
-        if memo is not None and compare_digest(memo[0], token):
-            key = memo[1]
+        creds = self.extract(ex, route, None, memo)
+        token = creds.token
+        assert token is not None
+        if memo is not None and token is memo.token:
+            key = memo.key
         else:
             key = token_key(token)
-            conn.token_memo = (token, key)
-        info = self.rt.validator.peek_key(key)
+            raw = ex.header(b"authorization") if not (creds.in_query or creds.in_form) else None
+            if raw is not None:
+                conn.token_memo = KnownBearer(raw, token, key)
+        now = time.time()
+        info = self.rt.validator.peek_key(key, now)
         if info is None:
             spawn(ex, self._validate_then_forward(ex, route, creds))
             return
-        authorize(info, route, creds, self.rt.apps, time.time())
+        authorize(info, route, creds, self.rt.apps, now)
         self.rt.forwarder.forward(ex, route, info)
 
     async def _validate_then_forward(self, ex: Exchange, route: Route, creds: Credentials) -> None:
@@ -132,9 +137,17 @@ class Pipeline:
     def _form_token_possible(self, ex: Exchange, route: Route | None) -> bool:
         return self.rt.extract_policy(route).form_allowed and ex.method == "POST" and _is_form(ex)
 
-    def extract(self, ex: Exchange, route: Route | None, form_body: bytes | None) -> Credentials:
+    def extract(
+        self,
+        ex: Exchange,
+        route: Route | None,
+        form_body: bytes | None,
+        known: KnownBearer | None = None,
+    ) -> Credentials:
         """Credentials from the header, query or form body; RFC 6750 rules."""
-        creds = extract_credentials(ex.headers, ex.query, self.rt.extract_policy(route), form_body)
+        creds = extract_credentials(
+            ex.headers, ex.query, self.rt.extract_policy(route), form_body, known
+        )
         if creds.in_query:
             ex.private_cache = True  # RFC 6750 2.3
         if creds.token is None:

@@ -889,6 +889,19 @@ async def test_tokens_changing_on_one_keep_alive_connection(recorder, make_gatew
         assert (await ask(f"Authorization: Bearer {alice}")).status == 401
         assert (await ask(f"Authorization: Bearer {bob}")).status == 200
         assert len(recorder.seen) == 5
+        # The memo holds the raw Authorization value: any other spelling is parsed afresh,
+        # and a value that merely starts like the remembered one is not the remembered one.
+        for value, status in [
+            (f"bearer {bob}", 200),
+            (f"Bearer {bob}", 200),
+            (f"Bearer {bob}!", 400),
+            (f"Bearer {bob}x", 401),
+            (f"Bearer {bob[:-1]}", 401),
+            (f"Bearer {bob}", 200),
+        ]:
+            assert (await ask(f"Authorization: {value}")).status == status, value
+        assert len(recorder.seen) == 8
+        assert [identity_seen(e)["x-auth-subject"] for e in recorder.seen[4:]] == [["bob"]] * 4
     finally:
         writer.close()
 

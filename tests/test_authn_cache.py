@@ -198,4 +198,4 @@ def test_token_key_is_the_key_of_the_tokens_digest(token):
     cache = LocalCache(CacheConfig())
     info = TokenInfo("alice", "app", "read", frozenset({"read"}), "authorization_code", None)
     cache.put(token_hash(token), positive_entry(info, time.time(), cache.cfg))
-    assert cache.peek_raw(token_key(token)) is info
+    assert cache.peek_raw(token_key(token), time.time()) is info

@@ -98,11 +98,11 @@ class LocalCache:
         self.entries: dict[int, Entry] = {}
         self.revoked: dict[str, float] = {}  # hex hash -> keep until (the token's exp)
 
-    def peek_raw(self, key: int) -> TokenInfo | None:
-        """The hot path: a fresh positive answer, or None; a fresh negative raises."""
+    def peek_raw(self, key: int, now: float) -> TokenInfo | None:
+        """The hot path: a fresh positive answer at `now`, or None; a fresh negative raises."""
         entries = self.entries
         entry = entries.get(key)
-        if entry is None or time.time() >= entry.fresh_until:
+        if entry is None or now >= entry.fresh_until:
             return None
         del entries[key]
         entries[key] = entry  # most recently used
@@ -112,7 +112,7 @@ class LocalCache:
 
     def peek(self, digest: str) -> TokenInfo | None:
         """peek_raw() by hex digest."""
-        return self.peek_raw(local_key(digest))
+        return self.peek_raw(local_key(digest), time.time())
 
     def get(self, digest: str) -> Entry | None:
         """The entry, fresh or not."""

@@ -144,11 +144,12 @@ class TokenValidator:
     def peek(self, token: str) -> TokenInfo | None:
         """A fresh in-process answer without I/O: TokenInfo, None (unknown), or raises
         InvalidTokenError for a cached negative."""
-        return self.local.peek_raw(token_key(token))
+        return self.local.peek_raw(token_key(token), time.time())
 
-    def peek_key(self, key: int) -> TokenInfo | None:
-        """peek() by cache key (`token_key(token)`), for callers that kept the key."""
-        return self.local.peek_raw(key)
+    def peek_key(self, key: int, now: float) -> TokenInfo | None:
+        """peek() by cache key (`token_key(token)`) at `now` (time.time()), for callers that
+        kept the key and read the clock already."""
+        return self.local.peek_raw(key, now)
 
     async def validate(self, token: str) -> TokenInfo:
         """TokenInfo of an active token; raises InvalidTokenError or ValidatorUnavailableError."""

@@ -22,6 +22,7 @@ from gateway.errors import (
     OverloadedError,
     UriTooLongError,
 )
+from gateway.extract import KnownBearer
 from gateway.http import wire
 from gateway.http.exchange import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, Exchange
 from gateway.http.head import HeadScan, absolute_form
@@ -78,9 +79,10 @@ class HttpServerProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._idle_deadline = 0.0
         self._body_waiters: dict[Exchange, asyncio.Future[None]] = {}
-        #: The pipeline's memo for this connection (opaque here): the last bearer token and
-        #: its cache key, so that a keep-alive client resending its token is not hashed again.
-        self.token_memo: tuple[str, int] | None = None
+        #: The pipeline's memo for this connection (opaque here): the last Authorization
+        #: value, its token and cache key, so that a keep-alive client resending it is neither
+        #: parsed nor hashed again.
+        self.token_memo: KnownBearer | None = None
 
     # ------------------------------------------------------------------ transport
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
