@@ -56,8 +56,8 @@ def total_instructions(path: str, requests: int, env: dict[str, str], out: Path)
 
 def per_request(path: str, env: dict[str, str], tmp: Path) -> float:
     """(I(LARGE) - I(SMALL)) / (LARGE - SMALL): the runs share every start-up cost. A third
-    run in the middle checks that: both halves must give the same slope, or a run's start-up
-    differed (it has happened once: a figure 14k too low), and the figure is refused."""
+    run in the middle checks that: both halves must give the same slope (a run whose start-up
+    or steady state differed would be seen), or the figure is refused."""
     sizes = (SMALL, (SMALL + LARGE) // 2, LARGE)
     with ThreadPoolExecutor(3) as pool:
         small, mid, large = pool.map(

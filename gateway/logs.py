@@ -96,11 +96,13 @@ def access_line(
     tail = "}" if reason is None else ',"reason":' + _literal(reason) + "}"
     ms = str(duration_us // 1000) + "." + str(duration_us % 1000 + 1000)[1:]
     path_literal = f'"{path}"' if _plain(path) else orjson.dumps(path).decode()
+    # str() in locals, not `{status!s}`: mypyc compiles a conversion as a format() call
+    status_text, sent_text = str(status), str(sent)
     return (
         f'{{"event":"access","request_id":"{request_id}","client":{_literal(client)},'
         f'"method":{_literal(method)},"path":{path_literal},"route":{_literal(route)},'
-        f'"status":{status!s},"upstream":{up},"duration_ms":{ms},'
-        f'"bytes":{sent!s}{tail}'
+        f'"status":{status_text},"upstream":{up},"duration_ms":{ms},'
+        f'"bytes":{sent_text}{tail}'
     ).encode()
 
 
