@@ -29,19 +29,26 @@ class HeadScan:
 
     __slots__ = (
         "cl",
+        "cl_count",
         "conn_headers",
         "connection",
         "expect",
-        "hosts",
+        "host",
+        "host_count",
         "request_id",
         "te",
+        "te_count",
         "upgrade",
     )
 
     def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
-        self.hosts: list[bytes] = []
-        self.te: list[bytes] = []
-        self.cl: list[bytes] = []
+        # the first value and how many were sent (no list per request)
+        self.host: bytes | None = None
+        self.host_count = 0
+        self.te: bytes | None = None
+        self.te_count = 0
+        self.cl: bytes | None = None
+        self.cl_count = 0
         self.expect: bytes | None = None
         self.upgrade: bytes | None = None
         self.request_id: bytes | None = None
@@ -52,11 +59,14 @@ class HeadScan:
             if name not in _WATCHED:
                 continue
             if name == b"host":
-                self.hosts.append(value)
+                self.host_count += 1
+                self.host = self.host or value
             elif name == b"transfer-encoding":
-                self.te.append(value)
+                self.te_count += 1
+                self.te = self.te or value
             elif name == b"content-length":
-                self.cl.append(value)
+                self.cl_count += 1
+                self.cl = self.cl or value
             elif name == b"connection":
                 self.conn_headers = True
                 more = wire.connection_tokens(value)
@@ -80,12 +90,18 @@ class HeadScan:
         """Framing and target checks llhttp leaves to us."""
         if not path.startswith(b"/"):
             return BadHttpRequestError("bad_request_target")
-        if len(self.hosts) > 1 or (version == b"1.1" and not self.hosts):
+        if self.host_count > 1 or (version == b"1.1" and not self.host_count):
             return BadHttpRequestError("bad_host_header")
         te, cl = self.te, self.cl
-        if te and (cl or len(te) > 1 or te[0].strip().lower() != b"chunked" or version != b"1.1"):
+        if self.te_count and (
+            self.cl_count
+            or self.te_count > 1
+            or te is None
+            or te.strip().lower() != b"chunked"
+            or version != b"1.1"
+        ):
             return BadHttpRequestError("bad_transfer_encoding")
-        if len(cl) > 1 or (cl and not cl[0].isdigit()):
+        if self.cl_count > 1 or (self.cl_count and (cl is None or not cl.isdigit())):
             return BadHttpRequestError("bad_content_length")
         return None
 

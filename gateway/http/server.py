@@ -72,7 +72,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._raw_head_bytes = 0  # bytes read while a head is incomplete (llhttp buffers them)
         self._header_bytes = 0  # parsed header names and values, against max_header_bytes
-        self._in_head = False
+        self._in_head = False  # set by on_url: a head has begun
         self._in_trailers = False
         self._read_paused = False
         self._write_paused = False
@@ -203,14 +203,18 @@ class HttpServerProtocol(asyncio.Protocol):
         self.transport.close()  # idle keep-alive or a slow head (slowloris)
 
     # ------------------------------------------------------------- parser callbacks
-    def on_message_begin(self) -> None:
+    # No on_message_begin: httptools calls every callback the protocol defines (about 1.5k
+    # instructions a call from C into Python). The state for the next head is set when a
+    # message completes (and at connection start) instead.
+    def _expect_head(self) -> None:
         self._url = b""
         self._headers = []
         self._raw_head_bytes = self._header_bytes = 0
-        self._in_head = True
+        self._in_head = False  # until the first piece of the next URL
         self._in_trailers = False
 
     def on_url(self, url: bytes) -> None:
+        self._in_head = True  # later reads count against the head's size until it completes
         self._url += url
         if len(self._url) > self.ctx.max_url_bytes:
             raise UriTooLongError("url_over_limit")
@@ -239,6 +243,7 @@ class HttpServerProtocol(asyncio.Protocol):
             self.current.feed_body(body)
 
     def on_message_complete(self) -> None:
+        self._expect_head()
         ex = self.current
         self.current = None
         if ex is None:
@@ -263,7 +268,7 @@ class HttpServerProtocol(asyncio.Protocol):
             version = p.get_http_version().encode()
         if self._url.startswith(b"/"):
             path, _, query = self._url.partition(b"?")
-            host: bytes | None = scan.hosts[0] if scan.hosts else None
+            host: bytes | None = scan.host
         else:
             path, query, host = absolute_form(self._url)
         ex = Exchange(
@@ -288,11 +293,11 @@ class HttpServerProtocol(asyncio.Protocol):
         return ex
 
     def _set_body_mode(self, ex: Exchange, scan: HeadScan) -> None:
-        if scan.te:
+        if scan.te_count:
             ex.body_mode = BODY_CHUNKED
             ex.body_complete = False
-        elif scan.cl:
-            cl = scan.cl[0]
+        elif scan.cl is not None:
+            cl = scan.cl
             ex.content_length = int(cl) if cl.isdigit() else 0
             if ex.content_length > 0:
                 ex.body_mode = BODY_LENGTH

@@ -236,9 +236,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool.release(self, reusable)
 
     # ---------------------------------------------------------- parser callbacks
-    def on_message_begin(self) -> None:
-        self._headers = []
-
+    # No on_message_begin (each callback httptools finds costs a call from C into Python):
+    # the header list is replaced once a head has been used.
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name.lower(), value))
 
@@ -246,12 +245,15 @@ class UpstreamConnection(asyncio.Protocol):
         status = self.parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             self._informational = True  # 100/103: not relayed, the final answer follows
+            self._headers = []
             return
+        headers = self._headers
+        if status != 101:  # a 101's headers are read again by _upgraded()
+            self._headers = []  # never carried into the next answer on this connection
         ex = self.ex
         if ex is None:
             return
         self._head_done = True
-        headers = self._headers
         length: int | None = None
         chunked = False
         connection: bytes | None = None
