@@ -1,6 +1,6 @@
-"""The upstream head's header policy table: every `-`/`_` spelling of a special header name
-is special, and nothing else is (the rule it replaced: look the name up again with `_` read
-as `-`)."""
+"""Header names: lower-casing by a table of common spellings, and the upstream head's header
+policy table: every `-`/`_` spelling of a special header name is special, and nothing else is
+(the rule it replaced: look the name up again with `_` read as `-`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.forward import _ACTIONS, _SPECIAL
+from gateway.http import wire
 
 
 def _old_rule(name: bytes) -> int | None:
@@ -37,3 +38,16 @@ def test_every_spelling_of_an_identity_header_is_special():
     assert _SPECIAL[b"x_auth_client_id"] == _SPECIAL[b"x-auth-client-id"]
     assert _SPECIAL[b"x-auth_client-id"] == _SPECIAL[b"x-auth-client-id"]
     assert b"x--auth-subject" not in _SPECIAL and b"xauth-subject" not in _SPECIAL
+
+
+@given(
+    st.one_of(
+        st.binary(max_size=40),
+        st.sampled_from(wire._COMMON_NAMES),
+        st.sampled_from(wire._COMMON_NAMES).map(bytes.upper),
+        st.sampled_from(wire._COMMON_NAMES).map(bytes.swapcase),
+    )
+)
+def test_lower_name_is_bytes_lower(name):
+    """The table of common spellings only saves work: the answer is always name.lower()."""
+    assert wire.lower_name(name) == name.lower()

@@ -225,7 +225,7 @@ class HttpServerProtocol(asyncio.Protocol):
             raise HeadersTooLargeError("headers_over_limit")
         if self._in_trailers:
             return  # chunked trailer fields are never merged into the head (RFC 9110 6.5.1)
-        self._headers.append((name.lower(), value))
+        self._headers.append((wire.lower_name(name), value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False

@@ -239,7 +239,7 @@ class UpstreamConnection(asyncio.Protocol):
     # No on_message_begin (each callback httptools finds costs a call from C into Python):
     # the header list is replaced once a head has been used.
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))
+        self._headers.append((wire.lower_name(name), value))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
