@@ -162,10 +162,15 @@ def status_line(status: int, version: bytes = b"1.1") -> bytes:
     return b"HTTP/%s %d %s\r\n" % (version, status, reason_phrase(status))
 
 
-def render_head(status: int, headers: list[tuple[bytes, bytes]], version: bytes = b"1.1") -> bytes:
-    """Status line and header block, CRLF-terminated."""
+def render_head(
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    version: bytes = b"1.1",
+    tail: bytes = b"\r\n",
+) -> bytes:
+    """Status line and header block; `tail` ends it (more header lines, then CRLF)."""
     out = [status_line(status, version)]
     for name, value in headers:
         out += (name, b": ", value, b"\r\n")
-    out.append(b"\r\n")
+    out.append(tail)
     return b"".join(out)
