@@ -5,10 +5,9 @@ Errors are InvalidRequestError with a stable reason; no message ever carries a t
 
 from __future__ import annotations
 
+import hmac
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
-from hmac import compare_digest
 from typing import Final
 from urllib.parse import unquote_plus
 
@@ -24,6 +23,7 @@ _BEARER_PARAM: Final = "access_token"
 _PROOF_PARAM: Final = "appsecret_proof"
 _TIME_PARAM: Final = "appsecret_time"
 _CREDENTIAL_PARAMS: Final = frozenset({_BEARER_PARAM, _PROOF_PARAM, _TIME_PARAM})
+_compare_digest: Final = hmac.compare_digest  # a C static when compiled, not a global lookup
 
 
 @dataclass(slots=True, frozen=True)
@@ -165,31 +165,33 @@ def _single_token(values: list[str] | None) -> str | None:
 
 
 def _scan_headers(
-    headers: Sequence[tuple[bytes, bytes]], known: KnownBearer | None
-) -> tuple[str | None, list[str], list[str]]:
+    headers: list[tuple[bytes, bytes]], known: KnownBearer | None
+) -> tuple[str | None, list[str] | None, list[str] | None]:
     """The Authorization bearer token and every X-Appsecret-Proof / -Time value, in order."""
     token: str | None = None
     authorizations = 0
-    proofs: list[str] = []
-    times: list[str] = []
+    proofs: list[str] | None = None  # lists only when such headers come (rarely)
+    times: list[str] | None = None
     for name, value in headers:
         if name == b"authorization":
             authorizations += 1
             if authorizations > 1:
                 raise InvalidRequestError(reason="authorization_repeated")
-            if known is not None and compare_digest(value, known.raw):
+            if known is not None and _compare_digest(value, known.raw):
                 token = known.token  # `known.token is token` tells the caller it matched
             else:
                 token = _bearer(value)
         elif name == b"x-appsecret-proof":
+            proofs = proofs if proofs is not None else []
             proofs.append(value.strip(_OWS).decode("latin-1"))
         elif name == b"x-appsecret-time":
+            times = times if times is not None else []
             times.append(value.strip(_OWS).decode("latin-1"))
     return token, proofs, times
 
 
 def extract_credentials(
-    headers: Sequence[tuple[bytes, bytes]],
+    headers: list[tuple[bytes, bytes]],
     query: str,
     policy: ExtractPolicy,
     form_body: bytes | None = None,
@@ -202,7 +204,8 @@ def extract_credentials(
     `known` the connection's last Authorization value, reused when this one equals it.
     """
     header_token, proofs, times = _scan_headers(headers, known)
-    if not proofs and not times and form_body is None and not _may_hold_credentials(query):
+    plain_query = not query or not _may_hold_credentials(query)
+    if proofs is None and times is None and form_body is None and plain_query:
         return Credentials(header_token)  # the common case: a header token, or none at all
     params = _query_params(query, _CREDENTIAL_PARAMS)
     query_token = _single_token(params.get(_BEARER_PARAM))
@@ -216,8 +219,8 @@ def extract_credentials(
         token=sent[0] if sent else None,
         in_query=query_token is not None,
         in_form=form_token is not None,
-        proof=_one(params.get(_PROOF_PARAM), proofs, "proof"),
-        proof_time=_one(params.get(_TIME_PARAM), times, "proof_time"),
+        proof=_one(params.get(_PROOF_PARAM), proofs or [], "proof"),
+        proof_time=_one(params.get(_TIME_PARAM), times or [], "proof_time"),
     )
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 
 import pytest
 import redis
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.authn.cache import (
@@ -199,3 +200,40 @@ def test_token_key_is_the_key_of_the_tokens_digest(token):
     info = TokenInfo("alice", "app", "read", frozenset({"read"}), "authorization_code", None)
     cache.put(token_hash(token), positive_entry(info, time.time(), cache.cfg))
     assert cache.peek_raw(token_key(token), time.time()) is info
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["put", "peek", "drop", "revoke"]), st.integers(0, 5)),
+        max_size=60,
+    )
+)
+def test_lru_order_matches_a_reference_lru(ops):
+    """Whatever the sequence of puts, hits, drops and revocations, the cache holds the same
+    keys in the same least-recently-used order as a plain OrderedDict LRU (the shortcut that
+    skips re-inserting the most recent entry changes no order)."""
+    cache = LocalCache(CacheConfig(max_entries=3))
+    model: OrderedDict[str, None] = OrderedDict()
+    now = time.time()
+    for op, n in ops:
+        digest = token_hash(f"token-{n}")
+        if op == "put":
+            cache.put(digest, positive_entry(info(None), now, cache.cfg))
+            if not cache.is_revoked(digest, now):
+                model.pop(digest, None)
+                model[digest] = None
+                while len(model) > 3:
+                    model.popitem(last=False)
+        elif op == "peek":
+            found = cache.peek(digest) is not None
+            assert found == (digest in model)
+            if found:
+                model.move_to_end(digest)
+        elif op == "drop":
+            cache.drop(digest)
+            model.pop(digest, None)
+        else:
+            cache.revoke(digest, now + 60)
+            model.pop(digest, None)
+        assert list(cache.entries) == [local_key(d) for d in model]

@@ -97,6 +97,9 @@ class LocalCache:
         self.cfg = cfg
         self.entries: dict[int, Entry] = {}
         self.revoked: dict[str, float] = {}  # hex hash -> keep until (the token's exp)
+        # The key known to be last in `entries` (-1: not known). A client resending one token
+        # finds it already most recently used: no delete and re-insert per request.
+        self._last = -1
 
     def peek_raw(self, key: int, now: float) -> TokenInfo | None:
         """The hot path: a fresh positive answer at `now`, or None; a fresh negative raises."""
@@ -104,8 +107,10 @@ class LocalCache:
         entry = entries.get(key)
         if entry is None or now >= entry.fresh_until:
             return None
-        del entries[key]
-        entries[key] = entry  # most recently used
+        if key != self._last:
+            del entries[key]
+            entries[key] = entry  # most recently used
+            self._last = key
         if entry.info is None:
             raise InvalidTokenError("cached_negative")
         return entry.info
@@ -126,24 +131,33 @@ class LocalCache:
         entries = self.entries
         entries.pop(key, None)
         entries[key] = entry
+        self._last = key
         while len(entries) > self.cfg.max_entries:
             del entries[next(iter(entries))]
+        if not entries:  # max_entries 0: what was just put is gone again
+            self._last = -1
 
     def drop(self, digest: str) -> None:
         """Forget the answer for a hash."""
-        self.entries.pop(local_key(digest), None)
+        self._forget(local_key(digest))
+
+    def _forget(self, key: int) -> None:
+        self.entries.pop(key, None)
+        if key == self._last:
+            self._last = -1
 
     def adopt(self, other: LocalCache) -> None:
         """Take over another cache's answers and revocations (config reload)."""
         for digest, until in other.revoked.items():
             self.revoke(digest, until)
         self.entries.update(other.entries)
+        self._last = -1
         for digest in self.revoked:
             self.entries.pop(local_key(digest), None)
 
     def revoke(self, digest: str, until: float) -> None:
         """Drop the answer and refuse the hash until `until` (the token's exp)."""
-        self.entries.pop(local_key(digest), None)
+        self._forget(local_key(digest))
         if until > self.revoked.get(digest, 0.0):
             self.revoked[digest] = until
 
