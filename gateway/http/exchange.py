@@ -269,9 +269,7 @@ class Exchange:
             connection = ""
         cache = "cache-control: private\r\n" if self.private_cache else ""
         # the headers the gateway adds, as one str (compiled: one allocation) and one encode
-        ours = (
-            f"x-request-id: {self.request_id}\r\n{cache}{framing}{connection}\r\n"
-        ).encode()
+        ours = (f"x-request-id: {self.request_id}\r\n{cache}{framing}{connection}\r\n").encode()
         version = self.version if self.version == b"1.0" else b"1.1"
         self._out.append(wire.render_head(status, headers, version, ours))
 
