@@ -1,8 +1,15 @@
 """Shared fixtures live in tests/fixtures/ as pytest plugins."""
 
+from hypothesis import settings
+
 pytest_plugins = [
     "tests.fixtures.redis_server",
     "tests.fixtures.idp",
     "tests.fixtures.servers",
     "tests.fixtures.process",
 ]
+
+# Property tests judge results, not speed: no per-example deadline (a loaded CI machine would
+# otherwise fail them at random).
+settings.register_profile("gateway", deadline=None)
+settings.load_profile("gateway")
