@@ -118,13 +118,44 @@ class AccessLog:
         self._flush_scheduled = False
         self._log = structlog.get_logger("access")
 
-    def write(self, fields: dict[str, Any]) -> None:
+    def record(
+        self,
+        request_id: str,
+        client: str,
+        method: str,
+        path: str,
+        route: str,
+        status: int,
+        upstream: str | None,
+        duration_us: int,
+        sent: int,
+        reason: str | None,
+    ) -> None:
+        """The access line of one request: JSON (access_line) or a structlog console event."""
         if not self.enabled:
             return
-        if not self.json_out:
-            self._log.info("access", **{k: v for k, v in fields.items() if k != "event"})
+        if self.json_out:
+            self.write_line(
+                access_line(
+                    request_id, client, method, path, route, status, upstream, duration_us,
+                    sent, reason,
+                )
+            )  # fmt: skip
             return
-        self.write_line(orjson.dumps(fields))
+        fields: dict[str, Any] = {
+            "request_id": request_id,
+            "client": client,
+            "method": method,
+            "path": path,
+            "route": route,
+            "status": status,
+            "upstream": upstream,
+            "duration_ms": duration_us / 1000,
+            "bytes": sent,
+        }
+        if reason is not None:
+            fields["reason"] = reason
+        self._log.info("access", **fields)
 
     def write_line(self, line: bytes) -> None:
         """A rendered JSON line (see access_line)."""

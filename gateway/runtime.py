@@ -6,7 +6,6 @@ A reload builds a new Runtime; caches (the validator) and unchanged upstream poo
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import structlog
 
@@ -18,7 +17,7 @@ from gateway.forward import Forwarder
 from gateway.forward_auth import ForwardAuthHandler
 from gateway.http.exchange import Exchange
 from gateway.http.pool import UpstreamPool
-from gateway.logs import AccessLog, access_line, use_json
+from gateway.logs import AccessLog, use_json
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
 from gateway.routing import Route, RouteTable
@@ -86,35 +85,13 @@ class Runtime:
             self.metrics.denials.labels(name, error.reason).inc()
             if error.status in (502, 504) and route is not None:
                 self.metrics.upstream_errors.labels(route.upstream, error.reason).inc()
-        access = self.access
-        if not access.enabled:
-            return
-        upstream = route.upstream if route and forwarded and error is None else None
-        duration_us = int(seconds * 1_000_000)
-        reason = error.reason if error is not None else None
-        if access.json_out:
-            access.write_line(
-                access_line(
-                    ex.request_id, ex.client_ip, ex.method, _loggable_path(ex), name, status,
-                    upstream, duration_us, ex.bytes_sent, reason,
-                )
+        if self.access.enabled:
+            self.access.record(
+                ex.request_id, ex.client_ip, ex.method, _loggable_path(ex), name, status,
+                route.upstream if route and forwarded and error is None else None,
+                int(seconds * 1_000_000), ex.bytes_sent,
+                error.reason if error is not None else None,
             )  # fmt: skip
-            return
-        fields: dict[str, Any] = {
-            "event": "access",
-            "request_id": ex.request_id,
-            "client": ex.client_ip,
-            "method": ex.method,
-            "path": _loggable_path(ex),
-            "route": name,
-            "status": status,
-            "upstream": upstream,
-            "duration_ms": duration_us / 1000,
-            "bytes": ex.bytes_sent,
-        }
-        if reason is not None:
-            fields["reason"] = reason
-        access.write(fields)
 
     def close_pools(self, keep: dict[str, UpstreamPool] | None = None) -> None:
         """Close the pools a new runtime does not carry over (all of them without `keep`)."""
