@@ -8,7 +8,7 @@ NATIVE := $(VENV)/.native
 # so that tests never run stale compiled code. GATEWAY_PURE_PYTHON=1 removes it instead.
 SOURCES := setup.py $(shell find gateway -name '*.py')
 
-.PHONY: demo test lint bench image clean install
+.PHONY: demo test lint bench image clean install sysdeps sysdeps-bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,14 @@ install: $(NATIVE)
 demo: $(NATIVE)
 	$(BIN)/gateway demo
 
-test: $(NATIVE)
+# redis-server and nginx (valgrind and wrk too for bench): installed when root, else named
+sysdeps:
+	@sh tools/system-deps
+
+sysdeps-bench:
+	@sh tools/system-deps bench
+
+test: sysdeps $(NATIVE)
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -39,7 +46,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check gateway tests bench setup.py tools
 	$(BIN)/mypy
 
-bench: $(NATIVE)
+bench: sysdeps-bench $(NATIVE)
 	$(BIN)/python bench/run.py
 
 image:
