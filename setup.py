@@ -17,6 +17,7 @@ import os
 from setuptools import setup
 
 NATIVE_MODULES = [
+    "gateway/authenticate.py",
     "gateway/authn/cache.py",
     "gateway/authn/info.py",
     "gateway/authn/validator.py",
@@ -25,8 +26,10 @@ NATIVE_MODULES = [
     "gateway/forward.py",
     "gateway/http/exchange.py",
     "gateway/http/head.py",
+    "gateway/http/outgoing.py",
     "gateway/http/pool.py",
     "gateway/http/server.py",
+    "gateway/http/tasks.py",
     "gateway/http/upstream.py",
     "gateway/http/wire.py",
     "gateway/logs.py",
@@ -35,6 +38,7 @@ NATIVE_MODULES = [
     "gateway/pipeline.py",
     "gateway/routing.py",
     "gateway/runtime.py",
+    "gateway/upstream_headers.py",
 ]
 
 # What the compiled modules import, directly or through the modules they type-check against.

@@ -15,9 +15,11 @@ import argparse
 import asyncio
 import gc
 import re
+import time
 import tracemalloc
 from pathlib import Path
 
+from gateway.authn.cache import TokenDigest
 from gateway.authn.validator import TokenValidator
 from gateway.config import parse_config
 
@@ -69,7 +71,10 @@ async def fill(n: int, trace: bool) -> tuple[float, float, int]:
             print(f"tracemalloc: {total / 1e6:.1f} MB allocated by the fill; top lines:")
             for s in stats[:10]:
                 print(f"  {s.size_diff / 1e6:7.2f} MB  {s.count_diff:>8} blocks  {s.traceback}")
-        assert all(validator.peek(t) is not None for t in tokens[-1000:]), "tokens not cached"
+        now = time.time()
+        assert all(validator.peek(TokenDigest.of(t), now) is not None for t in tokens[-1000:]), (
+            "tokens not cached"
+        )
         return before, after, len(validator.local.entries)
     finally:
         await validator.close()

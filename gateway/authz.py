@@ -9,7 +9,7 @@ import hashlib
 import hmac
 import re
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal
 
 from gateway.authn.info import TokenInfo
 from gateway.config.models import GatewayConfig
@@ -19,12 +19,27 @@ from gateway.errors import (
     InvalidProofError,
     InvalidRequestError,
 )
-from gateway.extract import Credentials
+from gateway.extract import Credentials, ExtractPolicy
 from gateway.proof import proof_message
-from gateway.routing import Route
+
+ProofMode = Literal["required", "optional", "off"]
 
 _TIME: Final = re.compile(r"-?[0-9]{1,12}")
 _HEX: Final = frozenset("0123456789abcdef")
+
+
+@dataclass(slots=True, frozen=True)
+class AuthPolicy:
+    """What a route asks of a token, built once with the route: where the token may come from,
+    and the checks of authorize(). The session endpoint has one too (no grants or scopes)."""
+
+    extract: ExtractPolicy
+    grants: frozenset[str] | None  # None: any grant
+    scopes: tuple[str, ...]  # as configured (the challenge's `scope=`)
+    required_scopes: frozenset[str]
+    appsecret_proof: ProofMode
+    preflight_pass: bool  # a CORS preflight goes through without a token
+    strip_form_token: bool  # a form-body token is removed before forwarding (not forward_token)
 
 
 @dataclass(slots=True, frozen=True)
@@ -75,23 +90,23 @@ class AppRegistry:
 
 
 def authorize(
-    info: TokenInfo, route: Route, creds: Credentials, apps: AppRegistry, now: float
+    info: TokenInfo, policy: AuthPolicy, creds: Credentials, apps: AppRegistry, now: float
 ) -> None:
     """Raise the SPEC section 4 error when the token may not use the route; return otherwise."""
-    if route.appsecret_proof != "off":
-        check_proof(info, route, creds, apps, now)
-    if route.grants is not None and info.grant not in route.grants:
+    if policy.appsecret_proof != "off":
+        check_proof(info, policy, creds, apps, now)
+    if policy.grants is not None and info.grant not in policy.grants:
         raise InsufficientGrantError(reason="grant_not_allowed")
-    if not route.required_scopes <= info.scopes:
-        raise InsufficientScopeError(route.scopes, reason="scope_missing")
+    if not policy.required_scopes <= info.scopes:
+        raise InsufficientScopeError(policy.scopes, reason="scope_missing")
 
 
 def check_proof(
-    info: TokenInfo, route: Route, creds: Credentials, apps: AppRegistry, now: float
+    info: TokenInfo, policy: AuthPolicy, creds: Credentials, apps: AppRegistry, now: float
 ) -> None:
     """SPEC section 5: a missing proof is 400 when required; a wrong one is always 403."""
     if creds.proof is None:
-        if route.appsecret_proof == "required":
+        if policy.appsecret_proof == "required":
             raise InvalidRequestError(reason="proof_missing")
         return
     time = creds.proof_time

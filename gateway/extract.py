@@ -8,10 +8,13 @@ from __future__ import annotations
 import hmac
 import re
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import unquote_plus
 
 from gateway.errors import InvalidRequestError
+
+if TYPE_CHECKING:
+    from gateway.authn.cache import TokenDigest
 
 MAX_TOKEN_LENGTH: Final = 8192
 _TOKEN68: Final = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
@@ -75,16 +78,16 @@ class Credentials:
 
 
 class KnownBearer:
-    """An Authorization value already parsed on this connection, the token it carried and the
-    caller's key for that token: a keep-alive client resends the same value on every request,
-    and an equal value (compared in constant time) needs no parsing again."""
+    """An Authorization value already parsed on this connection, the token it carried and that
+    token's digest: a keep-alive client resends the same value on every request, and an equal
+    value (compared in constant time) needs no parsing or hashing again."""
 
-    __slots__ = ("key", "raw", "token")
+    __slots__ = ("digest", "raw", "token")
 
-    def __init__(self, raw: bytes, token: str, key: int) -> None:
+    def __init__(self, raw: bytes, token: str, digest: TokenDigest) -> None:
         self.raw = raw
         self.token = token
-        self.key = key
+        self.digest = digest
 
 
 def _param_name(part: str) -> str:

@@ -8,16 +8,15 @@ forwarded. This listener must be reachable only by the front proxy: it trusts th
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
-from gateway.errors import NoRouteError
-from gateway.forward import identity_headers
+from gateway.authenticate import Authenticator
 from gateway.http.exchange import Exchange
+from gateway.http.tasks import spawn
 from gateway.normalize import normalize_path
-from gateway.pipeline import is_preflight, spawn
-
-if TYPE_CHECKING:
-    from gateway.pipeline import Pipeline
+from gateway.pipeline import checked_policy, match_route
+from gateway.routing import RouteTable
+from gateway.upstream_headers import identity_headers
 
 
 def describe(ex: Exchange) -> None:
@@ -36,28 +35,29 @@ def describe(ex: Exchange) -> None:
 
 
 class ForwardAuthHandler:
-    """The decision endpoint: the same route matching, grants, scopes and proofs as proxy mode."""
+    """The decision endpoint: the same routing and authentication stage as proxy mode."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
-        self.pipeline = pipeline
+    def __init__(
+        self, routes: RouteTable, authn: Authenticator, observe: Callable[[Exchange], None]
+    ) -> None:
+        self.routes = routes
+        self.authn = authn
+        self.observe = observe
 
     def handle(self, ex: Exchange) -> None:
         """The server's entry point for the decision listener."""
-        ex.on_end = self.pipeline.rt.observe_decision
+        ex.on_end = self.observe
         spawn(ex, self.decide(ex))
 
     async def decide(self, ex: Exchange) -> None:
-        rt = self.pipeline.rt
         if ex.preset_error is not None:
             raise ex.preset_error
         describe(ex)
         path = normalize_path(ex.raw_path)
         ex.raw_path = path
-        ex.route = route = rt.routes.match(ex.method, ex.host, path)
-        if route is None:
-            raise NoRouteError("no_route")
+        route = match_route(self.routes, ex, path)
         headers: list[tuple[bytes, bytes]] = []
-        if route.auth_required and not (route.preflight_pass and is_preflight(ex)):
-            info = await self.pipeline.authenticate(ex, route)
-            headers = list(identity_headers(info))
+        policy = checked_policy(ex, route)
+        if policy is not None:
+            headers = identity_headers(await self.authn.authenticate(ex, policy))
         ex.respond(200, headers, b"")

@@ -9,11 +9,11 @@ import re
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from gateway.config.models import GatewayConfig, RouteConfig
+from gateway.authz import AuthPolicy
+from gateway.config.models import GatewayConfig, RouteConfig, TokensConfig
 from gateway.errors import BadHttpRequestError, ConfigError
+from gateway.extract import ExtractPolicy
 from gateway.normalize import normalize_path
-
-ProofMode = Literal["required", "optional", "off"]
 
 
 def normalize_host(host: str | None) -> str | None:
@@ -29,31 +29,58 @@ def normalize_host(host: str | None) -> str | None:
     return host.rstrip(".") or None
 
 
+def session_policy(tokens: TokensConfig) -> AuthPolicy:
+    """The session endpoint's token policy: tokens where the config accepts them at all, no
+    grant, scope or proof requirement."""
+    return AuthPolicy(
+        extract=ExtractPolicy(query_allowed=tokens.query_param, form_allowed=tokens.form_param),
+        grants=None,
+        scopes=(),
+        required_scopes=frozenset(),
+        appsecret_proof="off",
+        preflight_pass=False,
+        strip_form_token=True,
+    )
+
+
+def _auth_policy(rc: RouteConfig, tokens: TokensConfig) -> AuthPolicy | None:
+    if rc.auth != "token":
+        return None
+    return AuthPolicy(
+        extract=ExtractPolicy(
+            query_allowed=tokens.query_param and rc.query_token, form_allowed=tokens.form_param
+        ),
+        grants=frozenset(rc.grants) if rc.grants is not None else None,
+        scopes=rc.scopes,
+        required_scopes=frozenset(rc.scopes),
+        appsecret_proof=rc.appsecret_proof,
+        preflight_pass=rc.preflight == "pass",
+        strip_form_token=not rc.forward_token,
+    )
+
+
 @dataclass(slots=True, frozen=True)
 class Route:
-    """One route, built once from its RouteConfig; everything the hot path reads is precomputed."""
+    """One route, compiled once from its (validated) RouteConfig: the matcher, and the policies
+    of the stages, each in the form the request path reads (`auth` None: a public route)."""
 
     name: str
     index: int
     kind: Literal["exact", "prefix", "regex"]
     matcher: str  # the normalised path or prefix, or the regex as written
-    upstream: str
-    auth_required: bool
     methods: frozenset[str] | None
     host: str | None
+    auth: AuthPolicy | None  # the authenticate stage's policy; None = `auth: public`
+    upstream: str  # the forward stage's: where, how the path is rewritten, what goes along
     strip_prefix: str | None
-    grants: frozenset[str] | None
-    scopes: tuple[str, ...]
-    required_scopes: frozenset[str]
-    appsecret_proof: ProofMode
-    query_token: bool
     forward_token: bool
-    preflight_pass: bool
     max_body: int
     config: RouteConfig
 
     @classmethod
-    def from_config(cls, rc: RouteConfig, index: int, default_max_body: int) -> Route:
+    def from_config(
+        cls, rc: RouteConfig, index: int, default_max_body: int, tokens: TokensConfig
+    ) -> Route:
         """Compile `routes[index]`; raises ConfigError when its path can never be matched."""
         kind: Literal["exact", "prefix", "regex"]
         if rc.path is not None:
@@ -68,18 +95,12 @@ class Route:
             index=index,
             kind=kind,
             matcher=matcher,
-            upstream=rc.upstream,
-            auth_required=rc.auth == "token",
             methods=frozenset(rc.methods) if rc.methods is not None else None,
             host=normalize_host(rc.host),
+            auth=_auth_policy(rc, tokens),
+            upstream=rc.upstream,
             strip_prefix=_config_path(strip, index, "strip_prefix") if strip else None,
-            grants=frozenset(rc.grants) if rc.grants is not None else None,
-            scopes=rc.scopes,
-            required_scopes=frozenset(rc.scopes),
-            appsecret_proof=rc.appsecret_proof,
-            query_token=rc.query_token,
             forward_token=rc.forward_token,
-            preflight_pass=rc.preflight == "pass",
             max_body=rc.max_body if rc.max_body is not None else default_max_body,
             config=rc,
         )
@@ -141,8 +162,10 @@ class RouteTable:
     @classmethod
     def from_config(cls, cfg: GatewayConfig) -> RouteTable:
         """Compile `cfg.routes`; raises ConfigError for a path that can never match."""
-        limit = cfg.limits.max_body
-        return cls(tuple(Route.from_config(rc, i, limit) for i, rc in enumerate(cfg.routes)))
+        limit, tokens = cfg.limits.max_body, cfg.tokens
+        return cls(
+            tuple(Route.from_config(rc, i, limit, tokens) for i, rc in enumerate(cfg.routes))
+        )
 
     def match(self, method: str, host: str | None, path: str) -> Route | None:
         """First route (file order) matching the normalised path, the method and the Host header.
@@ -246,15 +269,16 @@ def describe_route(route: Route) -> str:
 
 
 def _describe_policy(route: Route) -> str:
-    if not route.auth_required:
+    auth = route.auth
+    if auth is None:
         policy = "public"
     else:
-        grants = ",".join(sorted(route.grants)) if route.grants is not None else "*"
-        scopes = ",".join(route.scopes) or "-"
+        grants = ",".join(sorted(auth.grants)) if auth.grants is not None else "*"
+        scopes = ",".join(auth.scopes) or "-"
         policy = (
-            f"token grants={grants} scopes={scopes} proof={route.appsecret_proof} "
-            f"query_token={_yn(route.query_token)} "
-            f"preflight={'pass' if route.preflight_pass else 'check'}"
+            f"token grants={grants} scopes={scopes} proof={auth.appsecret_proof} "
+            f"query_token={_yn(route.config.query_token)} "
+            f"preflight={'pass' if auth.preflight_pass else 'check'}"
         )
     return f"{policy} forward_token={_yn(route.forward_token)} max_body={route.max_body}"
 

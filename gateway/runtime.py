@@ -9,10 +9,11 @@ import time
 
 import structlog
 
+from gateway.authenticate import Authenticator
 from gateway.authn.validator import TokenValidator
 from gateway.authz import AppRegistry
 from gateway.config.models import GatewayConfig
-from gateway.extract import ExtractPolicy, strip_credentials_query
+from gateway.extract import strip_credentials_query
 from gateway.forward import Forwarder
 from gateway.forward_auth import ForwardAuthHandler
 from gateway.http.exchange import Exchange
@@ -20,13 +21,15 @@ from gateway.http.pool import UpstreamPool
 from gateway.logs import AccessLog, use_json
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
-from gateway.routing import Route, RouteTable
+from gateway.routing import RouteTable, session_policy
+from gateway.sessions import SessionEndpoint
 
 log = structlog.get_logger("gateway")
 
 
 class Runtime:
-    """The objects one config produces; read-only for the data path."""
+    """The objects one config produces, each built here and handed its collaborators (the one
+    place that wires the stages together); read-only for the data path."""
 
     def __init__(
         self,
@@ -47,22 +50,14 @@ class Runtime:
             name: old[name] if name in old and old[name].cfg == u else UpstreamPool(name, u)
             for name, u in cfg.upstreams.items()
         }
-        self.forwarder = Forwarder(cfg, self.pools)
         self.access = AccessLog(cfg.log.access, use_json(cfg.log))
-        self._policies: dict[str | None, ExtractPolicy] = {}
-        for route in self.routes.routes:
-            self._policies[route.name] = ExtractPolicy(
-                query_allowed=cfg.tokens.query_param and route.query_token,
-                form_allowed=cfg.tokens.form_param,
-            )
-        self._policies[None] = ExtractPolicy(
-            query_allowed=cfg.tokens.query_param, form_allowed=cfg.tokens.form_param
+        self.forwarder = Forwarder(cfg.trusted_proxies, self.pools)
+        self.authn = Authenticator(validator, self.apps)
+        sessions = SessionEndpoint(self.authn, validator, session_policy(cfg.tokens))
+        self.pipeline = Pipeline(
+            self.routes, self.authn, self.forwarder, sessions, self.session_path, self.observe
         )
-        self.pipeline = Pipeline(self)
-        self.decider = ForwardAuthHandler(self.pipeline)
-
-    def extract_policy(self, route: Route | None) -> ExtractPolicy:
-        return self._policies[route.name if route is not None else None]
+        self.decider = ForwardAuthHandler(self.routes, self.authn, self.observe_decision)
 
     def observe(self, ex: Exchange) -> None:
         """Metrics and the access-log line of a finished (or abandoned) exchange."""

@@ -3,41 +3,40 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 import orjson
 
+from gateway.authenticate import Authenticator
+from gateway.authn.validator import TokenValidator
+from gateway.authz import AuthPolicy
 from gateway.errors import MethodNotAllowedError
-
-if TYPE_CHECKING:
-    from gateway.http.exchange import Exchange
-    from gateway.pipeline import Pipeline
+from gateway.http.exchange import Exchange
 
 _METHODS = ("GET", "HEAD", "DELETE")
 _HEADERS = ((b"content-type", b"application/json"), (b"cache-control", b"no-store"))
 
 
 class SessionEndpoint:
-    """Answered by the gateway itself, never forwarded."""
+    """Answered by the gateway itself, never forwarded; the same authentication stage as a
+    route, with the session policy (where tokens.query_param / form_param allow them)."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
-        self.pipeline = pipeline
+    def __init__(self, authn: Authenticator, validator: TokenValidator, policy: AuthPolicy) -> None:
+        self.authn = authn
+        self.validator = validator
+        self.policy = policy
 
     async def handle(self, ex: Exchange) -> None:
         if ex.method not in _METHODS:
             raise MethodNotAllowedError(_METHODS, "session_method")
-        creds = await self.pipeline.credentials(ex, None)
-        token = creds.token
-        assert token is not None
-        validator = self.pipeline.rt.validator
-        info = validator.peek(token) or await validator.validate(token)
+        found = await self.authn.authenticate_token(ex, self.policy)
+        info = found.info
         if ex.method == "DELETE":
-            await validator.revoke(token, info)
+            await self.validator.revoke(found.token, info, found.digest)
             ex.respond(200, list(_HEADERS), orjson.dumps({"revoked": True}))
             return
         now = time.time()
         body = {
-            "access_token": token,
+            "access_token": found.token,
             "active": True,
             "client_id": info.client_id,
             "sub": info.subject,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections import OrderedDict
 
@@ -13,15 +14,14 @@ from hypothesis import strategies as st
 
 from gateway.authn.cache import (
     LocalCache,
-    local_key,
+    TokenDigest,
     negative_entry,
     positive_entry,
-    token_hash,
-    token_key,
 )
 from gateway.authn.info import TokenInfo
 from gateway.config.models import CacheConfig
 from gateway.errors import InvalidTokenError
+from tests.fixtures.idp import peek
 
 STORE = [{"type": "store"}]
 
@@ -47,12 +47,12 @@ def test_lru_evicts_least_recently_used():
     """Beyond max_entries the least recently used hash goes; a peek counts as a use."""
     cache = LocalCache(CacheConfig(max_entries=3))
     now = time.time()
-    h = {name: token_hash(name) for name in "abcd"}
+    h = {name: TokenDigest.of(name).hex for name in "abcd"}
     for name in "abc":
         cache.put(h[name], positive_entry(info(None), now, cache.cfg))
     assert cache.peek(h["a"]) is not None  # a is now the most recent
     cache.put(h["d"], positive_entry(info(None), now, cache.cfg))
-    assert list(cache.entries) == [local_key(h[name]) for name in "cad"]
+    assert list(cache.entries) == [TokenDigest(h[name]).key for name in "cad"]
     assert cache.peek(h["b"]) is None
 
 
@@ -60,7 +60,7 @@ def test_revoked_hash_is_never_cached_positively():
     """A positive answer for a revoked hash is not stored; revocations expire with the token."""
     cache = LocalCache(CacheConfig())
     now = time.time()
-    h = token_hash("h")
+    h = TokenDigest.of("h").hex
     cache.revoke(h, now + 0.05)
     cache.put(h, positive_entry(info(None), now, cache.cfg))
     assert cache.peek(h) is None
@@ -73,13 +73,13 @@ async def test_peek_states(make_validator):
     """peek: unseen None; cached positive its info; cached negative raises; no I/O either way."""
     v = await make_validator(STORE)
     token = await v.issue("implicit", "spa")
-    assert v.peek(token) is None
+    assert peek(v, token) is None
     info_ = await v.validate(token)
-    assert v.peek(token) is info_
+    assert peek(v, token) is info_
     with pytest.raises(InvalidTokenError):
         await v.validate("unknown")
     with pytest.raises(InvalidTokenError):
-        v.peek("unknown")
+        peek(v, "unknown")
 
 
 async def test_validator_lru_max_entries(make_validator):
@@ -89,8 +89,8 @@ async def test_validator_lru_max_entries(make_validator):
     for t in tokens:
         await v.validate(t)
     assert len(v.local.entries) == 2
-    assert v.peek(tokens[0]) is None
-    assert v.peek(tokens[2]) is not None
+    assert peek(v, tokens[0]) is None
+    assert peek(v, tokens[2]) is not None
 
 
 async def test_store_answer_never_cached_past_exp(make_validator):
@@ -99,7 +99,7 @@ async def test_store_answer_never_cached_past_exp(make_validator):
     token = await v.issue("implicit", "spa", ttl_seconds=1)
     exp = (await v.validate(token)).expires_at
     await asyncio.sleep(exp - time.time() + 0.05)
-    assert v.peek(token) is None
+    assert peek(v, token) is None
     with pytest.raises(InvalidTokenError):
         await v.validate(token)
 
@@ -115,10 +115,10 @@ async def test_shared_keys_are_hashes_with_bounded_ttls(make_validator, idp, red
     with redis.Redis.from_url(redis_url, decode_responses=True) as r:
         keys = set(r.keys("*"))
         values = [r.get(k) for k in keys]
-        pos = r.pttl(f"gw:cache:{token_hash('secret-token-value')}")
-        neg = r.pttl(f"gw:cache:{token_hash('other-secret-value')}")
+        pos = r.pttl(f"gw:cache:{TokenDigest.of('secret-token-value').hex}")
+        neg = r.pttl(f"gw:cache:{TokenDigest.of('other-secret-value').hex}")
     assert keys == {
-        f"gw:cache:{token_hash(t)}" for t in ("secret-token-value", "other-secret-value")
+        f"gw:cache:{TokenDigest.of(t).hex}" for t in ("secret-token-value", "other-secret-value")
     }
     assert "secret-token-value" not in repr(values) and "other-secret-value" not in repr(values)
     assert 110_000 < pos <= 120_000
@@ -136,7 +136,7 @@ async def test_shared_positive_freshness_counts_from_first_answer(make_validator
     await b.validate("tok")
     assert idp.introspect_calls == 1
     await asyncio.sleep(0.2)  # 450 ms after the IdP answered
-    assert b.peek("tok") is None
+    assert peek(b, "tok") is None
     await b.validate("tok")
     assert idp.introspect_calls == 2
 
@@ -145,7 +145,7 @@ async def test_garbage_in_the_shared_cache_is_ignored(make_validator, idp, redis
     """A shared entry that is not ours is ignored and the source is asked."""
     idp.tokens["tok"] = idp.claims()
     with redis.Redis.from_url(redis_url) as r:
-        r.set(f"gw:cache:{token_hash('tok')}", b"\xff not json")
+        r.set(f"gw:cache:{TokenDigest.of('tok').hex}", b"\xff not json")
     v = await make_validator([idp.introspection_source()], redis_url)
     assert (await v.validate("tok")).source == "introspection"
 
@@ -192,14 +192,17 @@ def test_cached_answers_share_client_ids_and_scopes():
     )
 )
 def test_token_key_is_the_key_of_the_tokens_digest(token):
-    """The request path keys the cache by token_key(token) (no hex round trip); everything else
-    (puts, revocations, Redis answers) by local_key(token_hash(token)). They must agree, or the
-    fast path would silently miss every cached answer."""
-    assert token_key(token) == local_key(token_hash(token))
+    """The request path peeks by TokenDigest.key; everything else (puts, revocations, Redis
+    answers) names a token by its hex digest. They must agree, or the fast path would silently
+    miss every cached answer."""
+    digest = TokenDigest.of(token)
+    assert digest.hex == hashlib.sha256(token.encode()).hexdigest()
+    assert TokenDigest(digest.hex).key == digest.key == int(digest.hex[:32], 16)
+    assert digest.id == digest.hex[:12]
     cache = LocalCache(CacheConfig())
     info = TokenInfo("alice", "app", "read", frozenset({"read"}), "authorization_code", None)
-    cache.put(token_hash(token), positive_entry(info, time.time(), cache.cfg))
-    assert cache.peek_raw(token_key(token), time.time()) is info
+    cache.put(digest.hex, positive_entry(info, time.time(), cache.cfg))
+    assert cache.peek_raw(digest.key, time.time()) is info
 
 
 @settings(max_examples=200, deadline=None)
@@ -217,7 +220,7 @@ def test_lru_order_matches_a_reference_lru(ops):
     model: OrderedDict[str, None] = OrderedDict()
     now = time.time()
     for op, n in ops:
-        digest = token_hash(f"token-{n}")
+        digest = TokenDigest.of(f"token-{n}").hex
         if op == "put":
             cache.put(digest, positive_entry(info(None), now, cache.cfg))
             if not cache.is_revoked(digest, now):
@@ -236,4 +239,4 @@ def test_lru_order_matches_a_reference_lru(ops):
         else:
             cache.revoke(digest, now + 60)
             model.pop(digest, None)
-        assert list(cache.entries) == [local_key(d) for d in model]
+        assert list(cache.entries) == [TokenDigest(d).key for d in model]

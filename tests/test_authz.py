@@ -63,7 +63,8 @@ def creds(proof: str | None = None, time: str | None = None, token: str = TOKEN)
 def check(
     route: Route, apps: AppRegistry, tok: TokenInfo | None = None, c: Credentials | None = None
 ) -> None:
-    authorize(tok or info(), route, c or creds(), apps, NOW)
+    assert route.auth is not None
+    authorize(tok or info(), route.auth, c or creds(), apps, NOW)
 
 
 GOOD = compute_proof(TOKEN, SECRET)

@@ -152,7 +152,7 @@ class LiveStack:
         """Whether the gateway itself routes this (normalised) path to a public route."""
         rt = self.gateway.runtime
         route = rt.routes.match(method, None, path)
-        return route is not None and not route.auth_required
+        return route is not None and route.auth is None
 
 
 @pytest.fixture

@@ -220,25 +220,39 @@ def test_route_fields() -> None:
         "prefix",
         "/v1/payments",
     )
-    assert r.auth_required
-    assert not s.auth_required
-    assert r.grants == frozenset({"authorization_code"})
-    assert s.grants is None
-    assert r.scopes == ("payments", "read")
-    assert r.required_scopes == frozenset({"payments", "read"})
-    assert r.appsecret_proof == "required"
-    assert s.appsecret_proof == "off"
-    assert not r.query_token
-    assert s.query_token
+    auth = r.auth
+    assert auth is not None
+    assert s.auth is None  # public: no token policy at all
+    assert auth.grants == frozenset({"authorization_code"})
+    assert auth.scopes == ("payments", "read")
+    assert auth.required_scopes == frozenset({"payments", "read"})
+    assert auth.appsecret_proof == "required"
+    assert not auth.extract.query_allowed  # query_token: false
+    assert not auth.extract.form_allowed  # tokens.form_param defaults to false
+    assert not auth.strip_form_token  # forward_token: true keeps a form token too
     assert r.forward_token
     assert not s.forward_token
-    assert r.preflight_pass
-    assert not s.preflight_pass
+    assert auth.preflight_pass
     assert (r.max_body, s.max_body) == (1024, 5000)
     assert r.methods == frozenset({"POST"})
     assert s.methods is None
     assert r.host == "api.example.com"
     assert r.config.name == "r0"
+
+
+def test_token_route_defaults_and_query_token_policy() -> None:
+    """A token route with no options: any grant, no scopes, no proof; the query token is
+    allowed only when both tokens.query_param and the route's query_token allow it."""
+    t = table({"path": "/a"}, {"path": "/b", "query_token": False})
+    a, b = (r.auth for r in t.routes)
+    assert a is not None and b is not None
+    assert (a.grants, a.scopes, a.appsecret_proof, a.preflight_pass) == (None, (), "off", False)
+    assert a.extract.query_allowed and not b.extract.query_allowed
+    assert a.strip_form_token
+    off = table({"path": "/a"}, tokens={"query_param": False, "form_param": True})
+    policy = off.routes[0].auth
+    assert policy is not None
+    assert not policy.extract.query_allowed and policy.extract.form_allowed
 
 
 def test_unnormalisable_config_path_is_config_error() -> None:

@@ -23,25 +23,33 @@ from gateway.redis_conn import RedisConnection
 UNKNOWN_EXP_REVOCATION: Final = 86400.0
 
 
-def token_hash(token: str) -> str:
-    """sha256(token) as hex: the only form in which a token is stored or looked up."""
-    return sha256(token.encode()).hexdigest()
+class TokenDigest:
+    """The one identity of a token: its SHA-256, computed once per token.
+
+    `hex` names it in Redis, the token store and the revoked set; `key` (its first 16 bytes as
+    an integer) keys the in-process cache; `id` (12 hex digits) is all that logs may show."""
+
+    __slots__ = ("hex", "key")
+
+    def __init__(self, hex_digest: str) -> None:
+        self.hex = hex_digest
+        self.key = _key(hex_digest)
+
+    @staticmethod
+    def of(token: str) -> TokenDigest:
+        """The digest of a token."""
+        return TokenDigest(sha256(token.encode()).hexdigest())
+
+    @property
+    def id(self) -> str:
+        """What logs may show of a token."""
+        return self.hex[:12]
 
 
-def token_key(token: str) -> int:
-    """The in-process cache key of a token: local_key(token_hash(token)), without the hex."""
-    return int.from_bytes(sha256(token.encode()).digest()[:16], "big")
-
-
-def local_key(digest: str) -> int:
+def _key(digest: str) -> int:
     """The in-process cache key of a hex digest: its first 16 bytes as one integer (48 bytes of
     memory where a 16-byte `bytes` takes 64, and cheaper to hash in the dict)."""
     return int(digest[:32], 16)
-
-
-def token_id(digest: str) -> str:
-    """What logs may show of a token: the first 12 hex digits of its sha256."""
-    return digest[:12]
 
 
 @dataclass(slots=True)
@@ -88,7 +96,7 @@ def negative_entry(cached_at: float, cfg: CacheConfig) -> Entry:
 class LocalCache:
     """In-process LRU of answers (at most `max_entries`), plus the revoked-hash set.
 
-    Entries are keyed by the first 16 bytes of the digest, as an integer (`local_key`): a
+    Entries are keyed by the first 16 bytes of the digest, as an integer (`TokenDigest.key`): a
     fraction of the memory of the hex form, and colliding with a cached token would still take
     a 128-bit second preimage of SHA-256. The dict's insertion order is the LRU order.
     """
@@ -117,17 +125,17 @@ class LocalCache:
 
     def peek(self, digest: str) -> TokenInfo | None:
         """peek_raw() by hex digest."""
-        return self.peek_raw(local_key(digest), time.time())
+        return self.peek_raw(_key(digest), time.time())
 
     def get(self, digest: str) -> Entry | None:
         """The entry, fresh or not."""
-        return self.entries.get(local_key(digest))
+        return self.entries.get(_key(digest))
 
     def put(self, digest: str, entry: Entry) -> None:
         """Store an answer unless the hash is revoked; evict the least recently used."""
         if entry.info is not None and digest in self.revoked:
             return
-        key = local_key(digest)
+        key = _key(digest)
         entries = self.entries
         entries.pop(key, None)
         entries[key] = entry
@@ -139,7 +147,7 @@ class LocalCache:
 
     def drop(self, digest: str) -> None:
         """Forget the answer for a hash."""
-        self._forget(local_key(digest))
+        self._forget(_key(digest))
 
     def _forget(self, key: int) -> None:
         self.entries.pop(key, None)
@@ -153,11 +161,11 @@ class LocalCache:
         self.entries.update(other.entries)
         self._last = -1
         for digest in self.revoked:
-            self.entries.pop(local_key(digest), None)
+            self.entries.pop(_key(digest), None)
 
     def revoke(self, digest: str, until: float) -> None:
         """Drop the answer and refuse the hash until `until` (the token's exp)."""
-        self._forget(local_key(digest))
+        self._forget(_key(digest))
         if until > self.revoked.get(digest, 0.0):
             self.revoked[digest] = until
 

@@ -21,7 +21,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.typing import KeyT, StreamIdT
 
-from gateway.authn.cache import UNKNOWN_EXP_REVOCATION, LocalCache, SharedCache, token_id
+from gateway.authn.cache import UNKNOWN_EXP_REVOCATION, LocalCache, SharedCache, TokenDigest
 from gateway.authn.introspection import IntrospectionTokenSource
 from gateway.authn.store import TokenStore, record_key
 from gateway.config.models import CacheConfig
@@ -78,7 +78,7 @@ class Revocations:
             await self.store.delete(digest)
         else:
             await self._record(self.conn, self.shared, digest, until)
-        log.info("token_revoked", token_id=token_id(digest))
+        log.info("token_revoked", token_id=TokenDigest(digest).id)
         if self.remote is not None and self.remote.cfg.revocation_url:
             self._spawn(self._revoke_remote(self.remote, token, digest))
 
@@ -214,9 +214,11 @@ class Revocations:
                 if attempt + 1 < REMOTE_ATTEMPTS:
                     await asyncio.sleep(REMOTE_BACKOFF * 2**attempt)
                 continue
-            log.info("remote_revocation_done", token_id=token_id(digest), attempts=attempt + 1)
+            log.info(
+                "remote_revocation_done", token_id=TokenDigest(digest).id, attempts=attempt + 1
+            )
             return
-        log.error("remote_revocation_failed", token_id=token_id(digest), reason=reason)
+        log.error("remote_revocation_failed", token_id=TokenDigest(digest).id, reason=reason)
 
 
 def _stream_entries(reply: Any) -> list[tuple[str, list[tuple[str, dict[str, str]]]]]:

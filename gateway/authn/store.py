@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
-from gateway.authn.cache import token_hash
+from gateway.authn.cache import TokenDigest
 from gateway.authn.grants import GrantMapper, default_lifetime, info_from_claims
 from gateway.authn.info import TokenInfo
 from gateway.errors import InvalidTokenError, StoreUnavailableError, ValidatorUnavailableError
@@ -81,7 +81,9 @@ async def issue(
 ) -> str:
     """Mint a random opaque token into `store` and return it (the only time it exists in clear)."""
     token = secrets.token_urlsafe(32)
-    await store.put(token_hash(token), new_record(grant, client_id, subject, scope, ttl_seconds))
+    await store.put(
+        TokenDigest.of(token).hex, new_record(grant, client_id, subject, scope, ttl_seconds)
+    )
     return token
 
 

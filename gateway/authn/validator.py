@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import time
 from functools import partial
-from hashlib import sha256
 from typing import Protocol
 
 import aiohttp
@@ -24,11 +23,9 @@ from gateway.authn.cache import (
     Entry,
     LocalCache,
     SharedCache,
+    TokenDigest,
     negative_entry,
     positive_entry,
-    token_hash,
-    token_id,
-    token_key,
 )
 from gateway.authn.grants import GrantMapper
 from gateway.authn.info import TokenInfo
@@ -141,19 +138,14 @@ class TokenValidator:
 
     # -- the hot path ------------------------------------------------------------------------
 
-    def peek(self, token: str) -> TokenInfo | None:
-        """A fresh in-process answer without I/O: TokenInfo, None (unknown), or raises
-        InvalidTokenError for a cached negative."""
-        return self.local.peek_raw(token_key(token), time.time())
+    def peek(self, digest: TokenDigest, now: float) -> TokenInfo | None:
+        """A fresh in-process answer at `now` (time.time()) without I/O: TokenInfo, None
+        (unknown or stale), or raises InvalidTokenError for a cached negative."""
+        return self.local.peek_raw(digest.key, now)
 
-    def peek_key(self, key: int, now: float) -> TokenInfo | None:
-        """peek() by cache key (`token_key(token)`) at `now` (time.time()), for callers that
-        kept the key and read the clock already."""
-        return self.local.peek_raw(key, now)
-
-    async def validate(self, token: str) -> TokenInfo:
+    async def validate(self, token: str, token_digest: TokenDigest | None = None) -> TokenInfo:
         """TokenInfo of an active token; raises InvalidTokenError or ValidatorUnavailableError."""
-        digest = sha256(token.encode()).hexdigest()
+        digest = (token_digest or TokenDigest.of(token)).hex
         info = self.local.peek(digest)
         if info is not None:
             return info
@@ -192,7 +184,7 @@ class TokenValidator:
             info = await self._ask_sources(token, digest)
         except ValidatorUnavailableError:
             if fallback is not None and self._stale_allowed():
-                log.debug("stale_answer_served", token_id=token_id(digest))
+                log.debug("stale_answer_served", token_id=digest[:12])
                 return fallback
             raise
         except InvalidTokenError as exc:
@@ -288,9 +280,11 @@ class TokenValidator:
         canonical = self.grants.canonical(grant)
         return await issue(self.store, canonical, client_id, subject, scope, ttl_seconds)
 
-    async def revoke(self, token: str, info: TokenInfo | None = None) -> None:
+    async def revoke(
+        self, token: str, info: TokenInfo | None = None, token_digest: TokenDigest | None = None
+    ) -> None:
         """Revoke everywhere (SPEC section 6); Redis unreachable -> StoreUnavailableError."""
-        digest = token_hash(token)
+        digest = (token_digest or TokenDigest.of(token)).hex
         exp = await self._expiry(token, digest, info)
         await self.revocations.revoke(token, digest, exp)
 

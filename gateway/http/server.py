@@ -40,6 +40,7 @@ class ServerContext:
     """What every connection of one listener shares; `handler` and limits change on reload."""
 
     handler: Handler
+    scheme: str = "http"  # what clients used to reach this listener (X-Forwarded-Proto)
     realm: str = "gateway"
     max_header_bytes: int = 16 * 1024
     max_url_bytes: int = 8 * 1024
@@ -58,6 +59,7 @@ class HttpServerProtocol(asyncio.Protocol):
 
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
+        self.scheme = ctx.scheme
         self.loop = asyncio.get_running_loop()
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None

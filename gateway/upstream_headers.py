@@ -1,0 +1,162 @@
+"""What the upstream receives (SPEC section 7, docs/upstream.md): one explicit action per
+client header, the X-Forwarded-* headers, the identity headers. Builds an `OutgoingRequest`;
+how it is written on the wire is the HTTP layer's business (gateway/http/outgoing.py)."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+from typing import Final
+
+from gateway.authn.info import TokenInfo
+from gateway.extract import strip_credentials_query
+from gateway.http import wire
+from gateway.http.exchange import Exchange
+from gateway.http.outgoing import OutgoingRequest
+from gateway.routing import Route
+
+_UNSAFE_VALUE: Final = re.compile(rb"[^\x20-\x7e]")
+
+
+def header_value(value: str) -> bytes:
+    """A value safe in a header: anything outside visible ASCII is percent-encoded."""
+    raw = value.encode("utf-8")
+    if _UNSAFE_VALUE.search(raw) is None:
+        return raw
+    return _UNSAFE_VALUE.sub(lambda m: b"%%%02X" % m.group()[0], raw)
+
+
+def identity_headers(info: TokenInfo) -> list[tuple[bytes, bytes]]:
+    """The X-Auth-* headers of a token (SPEC section 7), values made header-safe."""
+    return [
+        (b"x-auth-subject", header_value(info.subject or "")),
+        (b"x-auth-client-id", header_value(info.client_id or "")),
+        (b"x-auth-scope", header_value(info.scope)),
+        (b"x-auth-grant", header_value(info.grant)),
+    ]
+
+
+_IDENTITY_CACHE: Final[dict[int, tuple[TokenInfo, bytes]]] = {}
+_IDENTITY_CACHE_MAX: Final = 50_000
+
+
+def identity_block(info: TokenInfo) -> bytes:
+    """identity_headers() as header lines, rendered once per TokenInfo (it never changes)."""
+    hit = _IDENTITY_CACHE.get(id(info))
+    if hit is not None and hit[0] is info:  # the entry holds info, so its id is not reused
+        return hit[1]
+    block = b"".join(n + b": " + v + b"\r\n" for n, v in identity_headers(info))
+    if len(_IDENTITY_CACHE) >= _IDENTITY_CACHE_MAX:
+        _IDENTITY_CACHE.clear()
+    _IDENTITY_CACHE[id(info)] = (info, block)
+    return block
+
+
+class TrustedProxies:
+    """Peers whose X-Forwarded-* are kept and appended to."""
+
+    def __init__(self, cidrs: Iterable[str]) -> None:
+        self.networks = [ipaddress.ip_network(c) for c in cidrs]
+        self._cache: dict[str, bool] = {}
+
+    def __contains__(self, ip: str) -> bool:
+        if not self.networks:
+            return False
+        hit = self._cache.get(ip)
+        if hit is None:
+            try:
+                addr = ipaddress.ip_address(ip)
+                hit = any(addr in n for n in self.networks)
+            except ValueError:
+                hit = False
+            if len(self._cache) < 10_000:
+                self._cache[ip] = hit
+        return hit
+
+
+# One action for each client header that is not simply copied.
+DROP: Final = 0  # identity headers and those the gateway writes itself: never from the client
+HOP: Final = 1  # hop-by-hop: dropped, except Connection / Upgrade of a relayed upgrade
+CREDENTIAL: Final = 2  # Authorization, appsecret proofs: only with forward_token
+APPEND_XFF: Final = 3  # X-Forwarded-For: appended to when the peer is trusted, else replaced
+KEEP_IF_TRUSTED: Final = 4  # X-Forwarded-Proto / -Host: kept from trusted peers, else replaced
+
+_OURS: Final = frozenset({b"x-request-id", b"content-length", b"expect", b"host"})
+ACTIONS: Final[dict[bytes, int]] = {
+    **dict.fromkeys(wire.HOP_BY_HOP, HOP),
+    **dict.fromkeys(wire.IDENTITY_HEADERS, DROP),
+    **dict.fromkeys(wire.CREDENTIAL_HEADERS, CREDENTIAL),
+    **dict.fromkeys(_OURS, DROP),
+    b"x-forwarded-for": APPEND_XFF,
+    b"x-forwarded-proto": KEEP_IF_TRUSTED,
+    b"x-forwarded-host": KEEP_IF_TRUSTED,
+}
+
+
+def _spellings(name: bytes) -> list[bytes]:
+    """`name` with each of its `-` also written `_`, in every combination (x_auth-subject...):
+    upstream frameworks often read `_` as `-`, so X_Auth_Subject must not slip past."""
+    out = [b""]
+    for part_index, part in enumerate(name.split(b"-")):
+        if part_index == 0:
+            out = [part]
+        else:
+            out = [prefix + sep + part for prefix in out for sep in (b"-", b"_")]
+    return out
+
+
+#: ACTIONS under every `-`/`_` spelling of each name: one dict lookup per header
+SPECIAL: Final[dict[bytes, int]] = {
+    spelling: action for name, action in ACTIONS.items() for spelling in _spellings(name)
+}
+
+
+def upstream_request(
+    ex: Exchange, route: Route, info: TokenInfo | None, trusted: bool, scheme: str
+) -> OutgoingRequest:
+    """The request the route's upstream receives for this exchange."""
+    conn_tokens = ex.conn_tokens
+    forward_token = route.forward_token
+    xff = b""
+    kept_proto = kept_host = False
+    kept: list[tuple[bytes, bytes]] = []
+    for header in ex.headers:
+        name = header[0]
+        action = SPECIAL.get(name)
+        if action is None:  # an ordinary header: copied unless Connection names it
+            if not conn_tokens or name not in conn_tokens:
+                kept.append(header)
+        elif action == DROP:
+            continue
+        elif action == HOP:
+            if ex.upgrade and name in (b"connection", b"upgrade"):
+                kept.append(header)
+        elif action == CREDENTIAL:
+            if forward_token and name not in conn_tokens:
+                kept.append(header)
+        elif action == APPEND_XFF:
+            if trusted:
+                xff = header[1] if not xff else xff + b", " + header[1]
+        elif trusted:  # KEEP_IF_TRUSTED
+            if name.endswith(b"proto"):
+                kept_proto = True
+            else:
+                kept_host = True
+            kept.append(header)
+    host = ex.host or ""
+    ip = ex.client_ip
+    return OutgoingRequest(
+        ex.method,
+        route.upstream_path(ex.raw_path),
+        ex.query if forward_token else strip_credentials_query(ex.query),
+        host,
+        kept,
+        xff.decode("latin-1") + ", " + ip if xff else ip,
+        None if kept_proto else scheme,
+        None if kept_host else host,
+        ex.request_id,
+        ex.body_mode,
+        ex.content_length,
+        identity_block(info) if info is not None else b"",
+    )
