@@ -25,6 +25,7 @@ NATIVE_MODULES = [
     "gateway/extract.py",
     "gateway/forward.py",
     "gateway/http/exchange.py",
+    "gateway/http/framing.py",
     "gateway/http/head.py",
     "gateway/http/outgoing.py",
     "gateway/http/pool.py",

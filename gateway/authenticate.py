@@ -61,7 +61,7 @@ class Authenticator:
         very token object when the value is equal (compared in constant time: a proxy in front
         may carry many users' requests on one connection). Freshness and revocation are still
         checked by the cache on every request."""
-        if policy.extract.form_allowed and ex.method == "POST" and _is_form(ex):
+        if policy.extract.form_allowed and ex.head.method == "POST" and _is_form(ex):
             return Pending(None, None)  # the body may carry the token: wait for it
         conn = ex.conn
         memo = conn.token_memo
@@ -72,7 +72,7 @@ class Authenticator:
             digest = memo.digest
         else:
             digest = TokenDigest.of(token)
-            raw = ex.header(b"authorization") if not creds.in_query else None
+            raw = ex.head.header(b"authorization") if not creds.in_query else None
             if raw is not None:
                 conn.token_memo = KnownBearer(raw, token, digest)
         now = _wall_clock()
@@ -111,8 +111,8 @@ class Authenticator:
     async def credentials(self, ex: Exchange, policy: AuthPolicy) -> Credentials:
         """The credentials, after waiting for a urlencoded body when it may carry the token."""
         form_body = None
-        if policy.extract.form_allowed and ex.method == "POST" and _is_form(ex):
-            await ex.conn.wait_body(ex)
+        if policy.extract.form_allowed and ex.head.method == "POST" and _is_form(ex):
+            await ex.wait_body()
             if ex.body_error is not None:
                 raise ex.body_error
             form_body = ex.take_buffered_body()
@@ -139,7 +139,9 @@ class Authenticator:
         known: KnownBearer | None,
     ) -> Credentials:
         """Credentials from the header, query or form body; RFC 6750 rules."""
-        creds = extract_credentials(ex.headers, ex.query, policy.extract, form_body, known)
+        creds = extract_credentials(
+            ex.head.headers, ex.head.query, policy.extract, form_body, known
+        )
         if creds.in_query:
             ex.private_cache = True  # RFC 6750 2.3
         if creds.token is None:
@@ -156,5 +158,5 @@ class Authenticator:
 
 
 def _is_form(ex: Exchange) -> bool:
-    ctype = ex.header(b"content-type")
+    ctype = ex.head.header(b"content-type")
     return ctype is not None and ctype.split(b";", 1)[0].strip().lower() == _FORM

@@ -37,12 +37,12 @@ class Forwarder:
         ex.send_continue()
         trusted = ex.client_ip in self.trusted
         request = upstream_request(ex, route, info, trusted, ex.conn.scheme)
-        conn = None if ex.upgrade else pool.take_idle()
+        conn = None if ex.head.upgrade else pool.take_idle()
         # a kept-alive connection may be closed under us; retrying is safe only without a body
         # and for idempotent methods (the upstream may have acted before the reset)
-        retry = ex.body_mode == BODY_NONE and not ex.upgrade and ex.method in _IDEMPOTENT
+        retry = ex.body_mode == BODY_NONE and not ex.head.upgrade and ex.head.method in _IDEMPOTENT
         if conn is None:
-            spawn(ex, self._connect_and_send(ex, request, pool, ex.upgrade, retry))
+            spawn(ex, self._connect_and_send(ex, request, pool, ex.head.upgrade, retry))
         else:
             self._send(conn, ex, request, retry)
 

@@ -21,17 +21,17 @@ from gateway.upstream_headers import identity_headers
 
 def describe(ex: Exchange) -> None:
     """Rewrite the exchange into the request the front proxy asks about."""
-    method = ex.header(b"x-forwarded-method") or ex.header(b"x-original-method")
-    uri = ex.header(b"x-forwarded-uri") or ex.header(b"x-original-uri")
-    host = ex.header(b"x-forwarded-host")
+    method = ex.head.header(b"x-forwarded-method") or ex.head.header(b"x-original-method")
+    uri = ex.head.header(b"x-forwarded-uri") or ex.head.header(b"x-original-uri")
+    host = ex.head.header(b"x-forwarded-host")
     if method is not None:
-        ex.method = method.decode("latin-1").strip().upper()
+        ex.head.method = method.decode("latin-1").strip().upper()
     if uri is not None:
         path, _, query = uri.decode("latin-1").partition("?")
-        ex.raw_path = path or "/"
-        ex.query = query
+        ex.head.path = path or "/"
+        ex.head.query = query
     if host is not None:
-        ex.host = host.decode("latin-1").strip().lower()
+        ex.head.host = host.decode("latin-1").strip().lower()
 
 
 class ForwardAuthHandler:
@@ -53,8 +53,8 @@ class ForwardAuthHandler:
         if ex.preset_error is not None:
             raise ex.preset_error
         describe(ex)
-        path = normalize_path(ex.raw_path)
-        ex.raw_path = path
+        path = normalize_path(ex.head.path)
+        ex.head.path = path
         route = match_route(self.routes, ex, path)
         headers: list[tuple[bytes, bytes]] = []
         policy = checked_policy(ex, route)

@@ -25,9 +25,9 @@ from gateway.sessions import SessionEndpoint
 def is_preflight(ex: Exchange) -> bool:
     """A CORS preflight: OPTIONS with Origin and Access-Control-Request-Method."""
     return (
-        ex.method == "OPTIONS"
-        and ex.header(b"origin") is not None
-        and ex.header(b"access-control-request-method") is not None
+        ex.head.method == "OPTIONS"
+        and ex.head.header(b"origin") is not None
+        and ex.head.header(b"access-control-request-method") is not None
     )
 
 
@@ -42,7 +42,7 @@ def checked_policy(ex: Exchange, route: Route) -> AuthPolicy | None:
 
 def match_route(routes: RouteTable, ex: Exchange, path: str) -> Route:
     """The route of the exchange's normalised path; NoRouteError when none matches."""
-    route = routes.match(ex.method, ex.host, path)
+    route = routes.match(ex.head.method, ex.head.host, path)
     if route is None:
         raise NoRouteError("no_route")
     ex.route = route
@@ -74,8 +74,8 @@ class Pipeline:
         try:
             if ex.preset_error is not None:
                 raise ex.preset_error
-            path = normalize_path(ex.raw_path)
-            ex.raw_path = path  # the upstream gets the normalised path
+            path = normalize_path(ex.head.path)
+            ex.head.path = path  # the upstream gets the normalised path
             if path == self.session_path:
                 spawn(ex, self.sessions.handle(ex))
                 return

@@ -73,16 +73,16 @@ class Runtime:
         if route is not None:
             name = route.name
         else:
-            name = "session" if ex.raw_path == self.session_path else "none"
+            name = "session" if ex.head.path == self.session_path else "none"
         status = ex.status or 499
-        self.metrics.stats.observe(name, ex.method, status, seconds)
+        self.metrics.stats.observe(name, ex.head.method, status, seconds)
         if error is not None:
             self.metrics.denials.labels(name, error.reason).inc()
             if error.status in (502, 504) and route is not None:
                 self.metrics.upstream_errors.labels(route.upstream, error.reason).inc()
         if self.access.enabled:
             self.access.record(
-                ex.request_id, ex.client_ip, ex.method, _loggable_path(ex), name, status,
+                ex.head.request_id, ex.client_ip, ex.head.method, _loggable_path(ex), name, status,
                 route.upstream if route and forwarded and error is None else None,
                 int(seconds * 1_000_000), ex.bytes_sent,
                 error.reason if error is not None else None,
@@ -97,6 +97,6 @@ class Runtime:
 
 def _loggable_path(ex: Exchange) -> str:
     """The path with credential query parameters removed; never a token."""
-    query = strip_credentials_query(ex.query) if ex.query else ""
-    path = ex.raw_path if len(ex.raw_path) <= 2048 else ex.raw_path[:2048] + "..."
+    query = strip_credentials_query(ex.head.query) if ex.head.query else ""
+    path = ex.head.path if len(ex.head.path) <= 2048 else ex.head.path[:2048] + "..."
     return path + "?" + query if query else path

@@ -26,11 +26,11 @@ class SessionEndpoint:
         self.policy = policy
 
     async def handle(self, ex: Exchange) -> None:
-        if ex.method not in _METHODS:
+        if ex.head.method not in _METHODS:
             raise MethodNotAllowedError(_METHODS, "session_method")
         found = await self.authn.authenticate_token(ex, self.policy)
         info = found.info
-        if ex.method == "DELETE":
+        if ex.head.method == "DELETE":
             await self.validator.revoke(found.token, info, found.digest)
             ex.respond(200, list(_HEADERS), orjson.dumps({"revoked": True}))
             return

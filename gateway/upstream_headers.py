@@ -116,12 +116,13 @@ def upstream_request(
     ex: Exchange, route: Route, info: TokenInfo | None, trusted: bool, scheme: str
 ) -> OutgoingRequest:
     """The request the route's upstream receives for this exchange."""
-    conn_tokens = ex.conn_tokens
+    head = ex.head
+    conn_tokens = head.conn_tokens
     forward_token = route.forward_token
     xff = b""
     kept_proto = kept_host = False
     kept: list[tuple[bytes, bytes]] = []
-    for header in ex.headers:
+    for header in head.headers:
         name = header[0]
         action = SPECIAL.get(name)
         if action is None:  # an ordinary header: copied unless Connection names it
@@ -130,7 +131,7 @@ def upstream_request(
         elif action == DROP:
             continue
         elif action == HOP:
-            if ex.upgrade and name in (b"connection", b"upgrade"):
+            if head.upgrade and name in (b"connection", b"upgrade"):
                 kept.append(header)
         elif action == CREDENTIAL:
             if forward_token and name not in conn_tokens:
@@ -144,18 +145,18 @@ def upstream_request(
             else:
                 kept_host = True
             kept.append(header)
-    host = ex.host or ""
+    host = head.host or ""
     ip = ex.client_ip
     return OutgoingRequest(
-        ex.method,
-        route.upstream_path(ex.raw_path),
-        ex.query if forward_token else strip_credentials_query(ex.query),
+        head.method,
+        route.upstream_path(head.path),
+        head.query if forward_token else strip_credentials_query(head.query),
         host,
         kept,
         xff.decode("latin-1") + ", " + ip if xff else ip,
         None if kept_proto else scheme,
         None if kept_host else host,
-        ex.request_id,
+        head.request_id,
         ex.body_mode,
         ex.content_length,
         identity_block(info) if info is not None else b"",

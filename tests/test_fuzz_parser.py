@@ -129,7 +129,7 @@ class LiveStack:
             try:
                 inner(ex)
             except Exception as exc:
-                self.handler_errors.append(f"{type(exc).__name__}: {exc} on {ex.raw_path!r}")
+                self.handler_errors.append(f"{type(exc).__name__}: {exc} on {ex.head.path!r}")
                 raise
 
         gw.ctx.handler = watched

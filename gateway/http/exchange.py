@@ -1,17 +1,19 @@
-"""One request/response exchange on a client connection: the request as parsed, its body
-stream (buffered until a sink is attached, then relayed with backpressure) and the answer."""
+"""One request/response exchange on a client connection: the request head as parsed (a
+`RequestHead` value), its body stream (buffered until a sink is attached, then relayed with
+backpressure) and the answer, framed by `gateway/http/framing.py`."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, Protocol
 
 from gateway.errors import BadHttpRequestError, GatewayError, PayloadTooLargeError
-from gateway.http import wire
+from gateway.http import framing, wire
 
 if TYPE_CHECKING:
-    from gateway.http.server import HttpServerProtocol
+    from gateway.extract import KnownBearer
     from gateway.routing import Route
 
 BODY_NONE: Final = 0
@@ -20,6 +22,75 @@ BODY_CHUNKED: Final = 2
 _BUFFER_HIGH: Final = (
     256 * 1024
 )  # request body buffered before a sink exists: pause the client past it
+
+
+# What an exchange, and the stages above it, may know and ask of the client connection: the
+# narrow interface the HTTP/1.1 server protocol implements (plain TCP today, TLS next, an HTTP/2
+# stream later). Who the client is (`client_ip`, `scheme`, the verified TLS client certificate),
+# a slot the authenticate stage keeps per connection, and the few things an exchange asks of it.
+class ClientConnection(asyncio.Protocol):
+    """One client connection, as the request path sees it."""
+
+    def __init__(self, scheme: str) -> None:
+        self.scheme = scheme  # what the client used: "http", or "https" on a TLS listener
+        self.client_ip = ""
+        #: the verified client certificate (DER) on a TLS listener that asks for one
+        self.peer_certificate: bytes | None = None
+        #: The authenticate stage's memo for this connection (opaque here): the last
+        #: Authorization value, its token and digest, so that a keep-alive client resending it
+        #: is neither parsed nor hashed again.
+        self.token_memo: KnownBearer | None = None
+        self.closed = False
+
+    @property
+    def realm(self) -> str:
+        """The realm of this listener's challenges."""
+        raise NotImplementedError
+
+    @property
+    def write_paused(self) -> bool:
+        """Whether the client reads slower than the answer comes (producers pause)."""
+        raise NotImplementedError
+
+    def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def writelines(self, data: tuple[bytes, ...]) -> None:
+        raise NotImplementedError
+
+    def pause_reading(self) -> None:
+        raise NotImplementedError
+
+    def resume_reading(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Close once what was written is sent."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Cut the connection now."""
+        raise NotImplementedError
+
+    async def wait_body(self, ex: Exchange) -> None:
+        """Until the exchange's whole request body has arrived (or failed, or the client left)."""
+        raise NotImplementedError
+
+    def wake_body_waiter(self, ex: Exchange) -> None:
+        """The body of `ex` will not grow any more: release a wait_body()."""
+        raise NotImplementedError
+
+    def start_tunnel(self, upstream: asyncio.Transport, ex: Exchange) -> None:
+        """After `101`: bytes flow both ways untouched between the client and `upstream`."""
+        raise NotImplementedError
+
+    def exchange_ended(self, ex: Exchange) -> None:
+        """`ex` is over (answered, aborted or abandoned): it leaves the in-flight count."""
+        raise NotImplementedError
+
+    def exchange_finished(self, ex: Exchange) -> None:
+        """The answer to `ex` is complete: the connection moves to its next request or closes."""
+        raise NotImplementedError
 
 
 class BodySink(Protocol):
@@ -35,6 +106,55 @@ class Producer(Protocol):
 
     def pause_producing(self) -> None: ...
     def resume_producing(self) -> None: ...
+
+
+class RequestHead:
+    """A request head as the server parsed and checked it: what the stages read.
+
+    `path` is the raw path until the pipeline normalises it (the upstream gets the normalised
+    one); forward-auth rewrites method, path, query and host into the request a front proxy
+    describes. Header names are lower-case, values as received."""
+
+    __slots__ = (
+        "conn_tokens",
+        "headers",
+        "host",
+        "method",
+        "path",
+        "query",
+        "request_id",
+        "upgrade",
+        "version",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: list[tuple[bytes, bytes]],
+        version: bytes,
+        host: str | None,
+        request_id: str,
+        conn_tokens: frozenset[bytes],
+        upgrade: bool,
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.version = version
+        self.host = host
+        self.request_id = request_id
+        self.conn_tokens = conn_tokens  # header names listed in Connection (this hop only)
+        self.upgrade = upgrade  # a WebSocket upgrade to relay
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of a header (name lower-case)."""
+        for n, v in self.headers:
+            if n == name:
+                return v
+        return None
 
 
 class Exchange:
@@ -56,54 +176,37 @@ class Exchange:
         "bytes_sent",
         "client_ip",
         "conn",
-        "conn_tokens",
         "content_length",
         "ended",
         "error",
         "expect_continue",
         "finished",
-        "headers",
-        "host",
+        "head",
         "keep_alive",
-        "method",
         "on_end",
         "on_gone",
         "preset_error",
         "private_cache",
         "producer",
-        "query",
-        "raw_path",
-        "request_id",
         "response_started",
         "route",
         "started_at",
         "status",
-        "upgrade",
         "upgrade_data",
-        "version",
     )
 
     def __init__(
         self,
-        conn: HttpServerProtocol,
-        method: str,
-        raw_path: str,
-        query: str,
-        headers: list[tuple[bytes, bytes]],
-        version: bytes,
+        conn: ClientConnection,
+        head: RequestHead,
         keep_alive: bool,
-        host: str | None,
-        request_id: str,
+        preset_error: GatewayError | None,
     ) -> None:
         self.conn = conn
-        self.method = method
-        self.raw_path = raw_path
-        self.query = query
-        self.headers = headers
-        self.version = version
+        self.head = head
         self.keep_alive = keep_alive
-        self.host = host
-        self.request_id = request_id
+        #: a framing or limit error found while parsing: answered instead of the request
+        self.preset_error = preset_error
         self.client_ip = conn.client_ip
         self.started_at = time.monotonic()
         self.body_mode = BODY_NONE
@@ -112,10 +215,7 @@ class Exchange:
         self.body_complete = True
         self.body_limit = -1  # unknown until the route is matched
         self.expect_continue = False
-        self.upgrade = False
         self.upgrade_data = b""
-        self.preset_error: GatewayError | None = None
-        self.conn_tokens: frozenset[bytes] | set[bytes] = frozenset()  # names in Connection
         self.private_cache = False
         self.on_gone: Callable[[], object] | None = None  # stops work when the client leaves
         self.on_end: Callable[[Exchange], None] | None = None  # metrics and access log
@@ -137,13 +237,6 @@ class Exchange:
         self._no_body_out = False
 
     # ----------------------------------------------------------------- request side
-    def header(self, name: bytes) -> bytes | None:
-        """The first value of a header (name lower-case)."""
-        for n, v in self.headers:
-            if n == name:
-                return v
-        return None
-
     def set_body_limit(self, limit: int) -> None:
         """The route's max_body; raises PayloadTooLargeError when already exceeded."""
         self.body_limit = limit
@@ -184,6 +277,16 @@ class Exchange:
         elif not self.response_started:
             # the handler may be waiting on the body (form token): let it answer 413
             self.conn.wake_body_waiter(self)
+
+    def fail_body(self, exc: GatewayError) -> None:
+        """The request body is broken (framing, limits): the answer says so, the connection
+        closes after it."""
+        self.keep_alive = False
+        self._fail_body(exc)
+
+    async def wait_body(self) -> None:
+        """Until the whole body has arrived, buffered (bounded by the route's max_body)."""
+        await self.conn.wait_body(self)
 
     @property
     def body_error(self) -> GatewayError | None:
@@ -251,27 +354,25 @@ class Exchange:
         self._no_body_out = no_body
         if not self.body_complete or self._body_exc is not None:
             self.keep_alive = False  # an unread request body cannot be skipped safely
-        framing = ""
-        if length is not None:
-            length_text = str(length)
-            framing = f"content-length: {length_text}\r\n"
-        elif not no_body and status not in (204, 304):
-            if self.version == b"1.1":
-                self._chunked_out = True
-                framing = "transfer-encoding: chunked\r\n"
-            else:
-                self.keep_alive = False
-        if not self.keep_alive:
-            connection = "connection: close\r\n"
-        elif self.version == b"1.0":
-            connection = "connection: keep-alive\r\n"
-        else:
-            connection = ""
-        cache = "cache-control: private\r\n" if self.private_cache else ""
-        # the headers the gateway adds, as one str (compiled: one allocation) and one encode
-        ours = (f"x-request-id: {self.request_id}\r\n{cache}{framing}{connection}\r\n").encode()
-        version = self.version if self.version == b"1.0" else b"1.1"
-        self._out.append(wire.render_head(status, headers, version, ours))
+        head = self.head
+        version = head.version
+        streamed = length is None and not no_body and status != 204 and status != 304
+        chunked = streamed and version == b"1.1"
+        if streamed and not chunked:
+            self.keep_alive = False  # HTTP/1.0 without a length: the close delimits the body
+        self._chunked_out = chunked
+        self._out.append(
+            framing.response_head(
+                status,
+                headers,
+                version,
+                length,
+                chunked,
+                self.keep_alive,
+                head.request_id,
+                self.private_cache,
+            )
+        )
 
     def write(self, data: bytes) -> None:
         """Queue body bytes; they leave with the head in one write at flush() or finish()."""
@@ -279,7 +380,7 @@ class Exchange:
             return
         self.bytes_sent += len(data)
         if self._chunked_out:
-            self._out += (b"%x\r\n" % len(data), data, b"\r\n")
+            self._out += framing.chunk(data)
         else:
             self._out.append(data)
 
@@ -300,7 +401,7 @@ class Exchange:
             return
         self.finished = True
         if self._chunked_out:
-            self._out.append(b"0\r\n\r\n")
+            self._out.append(framing.LAST_CHUNK)
         self.flush()
         self.end()
         self.conn.exchange_finished(self)
@@ -321,7 +422,7 @@ class Exchange:
             return
         if self.error is None:
             self.error = exc
-        self.send_error(exc, self.conn.ctx.realm)
+        self.send_error(exc, self.conn.realm)
 
     def client_gone(self) -> None:
         """The client connection closed: stop the work and end the exchange."""
@@ -337,7 +438,9 @@ class Exchange:
         self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, no_body: bool = False
     ) -> None:
         """A complete answer produced by the gateway itself."""
-        self.start_response(status, headers, len(body), no_body=no_body or self.method == "HEAD")
+        self.start_response(
+            status, headers, len(body), no_body=no_body or self.head.method == "HEAD"
+        )
         self.write(body)
         self.finish()
 
@@ -360,3 +463,19 @@ class Exchange:
             on_gone()
         self.end()
         self.conn.abort()
+
+    def switch_protocols(
+        self, headers: list[tuple[bytes, bytes]], rest: bytes, upstream: asyncio.Transport
+    ) -> ClientConnection:
+        """The upstream answered `101`: relay that answer, then tunnel bytes both ways; the
+        exchange is over. Returns the client side of the tunnel."""
+        self.response_started = True
+        self.status = 101
+        conn = self.conn
+        conn.write(framing.switching_head(headers, self.head.request_id))
+        if rest:
+            conn.write(rest)
+        self.finished = True
+        conn.start_tunnel(upstream, self)
+        self.end()
+        return conn

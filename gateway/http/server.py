@@ -22,9 +22,15 @@ from gateway.errors import (
     OverloadedError,
     UriTooLongError,
 )
-from gateway.extract import KnownBearer
 from gateway.http import wire
-from gateway.http.exchange import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, Exchange
+from gateway.http.exchange import (
+    BODY_CHUNKED,
+    BODY_LENGTH,
+    BODY_NONE,
+    ClientConnection,
+    Exchange,
+    RequestHead,
+)
 from gateway.http.head import HeadScan, absolute_form
 
 log = structlog.get_logger("gateway")
@@ -54,20 +60,18 @@ class ServerContext:
     connections: set[HttpServerProtocol] = field(default_factory=set)
 
 
-class HttpServerProtocol(asyncio.Protocol):
-    """One client connection."""
+class HttpServerProtocol(ClientConnection):
+    """One HTTP/1.1 client connection: parsing, limits, keep-alive, pipelining, flow control."""
 
     def __init__(self, ctx: ServerContext) -> None:
+        super().__init__(ctx.scheme)
         self.ctx = ctx
-        self.scheme = ctx.scheme
         self.loop = asyncio.get_running_loop()
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
-        self.client_ip = ""
         self.queue: deque[Exchange] = deque()  # [0] is being answered; later ones are pipelined
         self.current: Exchange | None = None  # being parsed
         self.tunnel: asyncio.Transport | None = None
-        self.closed = False
         self._parsing_stopped = False
         self._pending: Exchange | None = None
         self._url = b""
@@ -81,10 +85,6 @@ class HttpServerProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._idle_deadline = 0.0
         self._body_waiters: dict[Exchange, asyncio.Future[None]] = {}
-        #: The pipeline's memo for this connection (opaque here): the last Authorization
-        #: value, its token and cache key, so that a keep-alive client resending it is neither
-        #: parsed nor hashed again.
-        self.token_memo: KnownBearer | None = None
 
     # ------------------------------------------------------------------ transport
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -113,7 +113,7 @@ class HttpServerProtocol(asyncio.Protocol):
             self.tunnel.write(data)
             return
         if self._parsing_stopped:
-            if self.queue and self.queue[-1].upgrade:
+            if self.queue and self.queue[-1].head.upgrade:
                 self.queue[-1].upgrade_data += data  # before the tunnel is up
             return  # after an ignored Upgrade (h2c) nothing more is read on this connection
         if self._in_head:
@@ -131,7 +131,7 @@ class HttpServerProtocol(asyncio.Protocol):
                 self._parse_failed(BadHttpRequestError("upgrade_without_request"))
                 return
             self._parsing_stopped = True
-            if ex.upgrade:
+            if ex.head.upgrade:
                 ex.upgrade_data = data[upg.args[0] :]
             self.pause_reading()
             self._start_pending()
@@ -183,6 +183,14 @@ class HttpServerProtocol(asyncio.Protocol):
     @property
     def write_paused(self) -> bool:
         return self._write_paused
+
+    @property
+    def realm(self) -> str:
+        return self.ctx.realm
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.close()
 
     def abort(self) -> None:
         if self.transport is not None and not self.closed:
@@ -250,7 +258,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self.current = None
         if ex is None:
             return
-        if not ex.upgrade:
+        if not ex.head.upgrade:
             ex.end_of_body()
         self.wake_body_waiter(ex)
 
@@ -273,28 +281,37 @@ class HttpServerProtocol(asyncio.Protocol):
             host: bytes | None = scan.host
         else:
             path, query, host = absolute_form(self._url)
-        ex = Exchange(
-            self,
+        keep_alive = scan.keep_alive(version) and not self.ctx.draining
+        error = (
+            BadHttpRequestError("connect_not_supported")
+            if method == "CONNECT"
+            else scan.check(version, path)
+        )
+        upgrade = scan.upgrade
+        if upgrade is not None and b"upgrade" in scan.connection:
+            keep_alive = False  # llhttp stops parsing after an Upgrade request's head
+            websocket = upgrade.strip().lower() == b"websocket"
+        else:
+            websocket = False
+        head = RequestHead(
             method,
             path.decode("latin-1"),
             query.decode("latin-1"),
             headers,
             version,
-            scan.keep_alive(version) and not self.ctx.draining,
             host.decode("latin-1").lower() if host is not None else None,
             wire.request_id(scan.request_id),
+            scan.connection,
+            websocket,
         )
-        ex.conn_tokens = scan.connection
-        if method == "CONNECT":
-            ex.preset_error = BadHttpRequestError("connect_not_supported")
-        else:
-            ex.preset_error = scan.check(version, path)
+        ex = Exchange(self, head, keep_alive, error)
         self._set_body_mode(ex, scan)
         if self.ctx.in_flight >= self.ctx.max_in_flight and ex.preset_error is None:
             ex.preset_error = OverloadedError("max_in_flight")
         return ex
 
     def _set_body_mode(self, ex: Exchange, scan: HeadScan) -> None:
+        """The request body's framing, the expectation, and what an upgrade may carry."""
         if scan.te_count:
             ex.body_mode = BODY_CHUNKED
             ex.body_complete = False
@@ -307,18 +324,19 @@ class HttpServerProtocol(asyncio.Protocol):
         expect = scan.expect
         if expect is not None:
             if expect.lower() == b"100-continue":
-                ex.expect_continue = ex.version == b"1.1"
+                ex.expect_continue = ex.head.version == b"1.1"
             elif ex.preset_error is None:
                 ex.preset_error = BadHttpRequestError("unsupported_expectation")
-        upgrade = scan.upgrade
-        if upgrade is not None and b"upgrade" in scan.connection:
-            ex.keep_alive = False  # llhttp stops parsing after an Upgrade request's head
-            if upgrade.strip().lower() == b"websocket":
-                ex.upgrade = True
-            elif ex.body_mode != BODY_NONE and ex.preset_error is None:
-                # h2c and other protocols are not relayed (h2c smuggling): the request is
-                # answered as plain HTTP/1.1, which is possible only without a body.
-                ex.preset_error = BadHttpRequestError("upgrade_with_body")
+        if (
+            scan.upgrade is not None
+            and b"upgrade" in scan.connection
+            and not ex.head.upgrade
+            and ex.body_mode != BODY_NONE
+            and ex.preset_error is None
+        ):
+            # h2c and other protocols are not relayed (h2c smuggling): the request is
+            # answered as plain HTTP/1.1, which is possible only without a body.
+            ex.preset_error = BadHttpRequestError("upgrade_with_body")
 
     # ---------------------------------------------------------------- answering
     def _start_pending(self) -> None:
@@ -334,7 +352,7 @@ class HttpServerProtocol(asyncio.Protocol):
         try:
             self.ctx.handler(ex)
         except Exception:  # a handler bug must not take the connection's other requests down
-            log.exception("handler_failed", request_id=ex.request_id)
+            log.exception("handler_failed", request_id=ex.head.request_id)
             ex.abort()
 
     def exchange_ended(self, ex: Exchange) -> None:
@@ -367,17 +385,18 @@ class HttpServerProtocol(asyncio.Protocol):
             ex = self.current  # failure inside a body: its own handler sees the error
             ex.keep_alive = False
             if ex.preset_error is None and ex.body_error is None:
-                ex._fail_body(exc)
+                ex.fail_body(exc)
             self.current = None
             return
-        ex = Exchange(self, "GET", "/", "", [], b"1.1", False, None, wire.request_id(None))
-        ex.preset_error = exc
+        head = RequestHead(
+            "GET", "/", "", [], b"1.1", None, wire.request_id(None), frozenset(), False
+        )
+        ex = Exchange(self, head, False, exc)
         self.queue.append(ex)
         if len(self.queue) == 1:
             self._start(ex)
 
     async def wait_body(self, ex: Exchange) -> None:
-        """Until the whole request body has arrived (or failed, or the client left)."""
         if ex.body_complete or ex.body_error is not None or self.closed:
             return
         fut = self.loop.create_future()
@@ -392,7 +411,6 @@ class HttpServerProtocol(asyncio.Protocol):
             fut.set_result(None)
 
     def start_tunnel(self, upstream: asyncio.Transport, ex: Exchange) -> None:
-        """After `101`: bytes flow both ways untouched."""
         self.tunnel = upstream
         if ex.upgrade_data:
             upstream.write(ex.upgrade_data)

@@ -29,7 +29,7 @@ def spawn(ex: Exchange, work: Coroutine[Any, Any, None]) -> None:
                 ex.fail(ValidatorUnavailableError("interrupted"))
             # else the client left and the server ended the exchange
         except Exception:
-            log.exception("request_failed", request_id=ex.request_id)
+            log.exception("request_failed", request_id=ex.head.request_id)
             ex.fail(GatewayError("internal_error"))
 
     task = asyncio.get_running_loop().create_task(guarded())

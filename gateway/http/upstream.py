@@ -17,7 +17,7 @@ from gateway.errors import GatewayError, UpstreamError, UpstreamTimeoutError
 from gateway.http import wire
 
 if TYPE_CHECKING:
-    from gateway.http.exchange import Exchange
+    from gateway.http.exchange import ClientConnection, Exchange
     from gateway.http.pool import Target, UpstreamPool
 
 OnError = Callable[[GatewayError], None]
@@ -59,7 +59,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._last_activity = 0.0
         self._out: list[bytes] = []
         self._corked = False
-        self._tunnel_client: asyncio.Transport | None = None
+        self._switching = False  # a 101 came: the tunnel opens once llhttp stops parsing
+        self._tunnel_client: ClientConnection | None = None
         self._tunnel_ex: Exchange | None = None
 
     # ---------------------------------------------------------------- transport
@@ -142,7 +143,8 @@ class UpstreamConnection(asyncio.Protocol):
         """Bind the exchange; the head waits for the body's first pieces (see flush)."""
         self.ex = ex
         self.on_error = on_error
-        self._head_request = ex.method == "HEAD"
+        self._head_request = ex.head.method == "HEAD"
+        self._switching = False
         self._chunked_body = chunked
         self._got_bytes = self._head_done = self._informational = False
         self._close_delimited = self._skip_rest = False
@@ -284,8 +286,7 @@ class UpstreamConnection(asyncio.Protocol):
         elif length is None and not no_body:
             self._close_delimited = True
         if status == 101:
-            out.extend((n, v) for n, v in headers if n in (b"connection", b"upgrade"))
-            ex.status = 101
+            self._switching = True  # _upgraded() relays it with the headers it keeps
             return
         ex.producer = self
         ex.start_response(status, out, length, no_body=no_body)
@@ -302,14 +303,14 @@ class UpstreamConnection(asyncio.Protocol):
         if self._informational:
             self._informational = False
             return
-        if self.ex is not None and not self._skip_rest and self.ex.status != 101:
+        if self.ex is not None and not self._skip_rest and not self._switching:
             self._close_delimited = False
             self._complete()
 
     # ---------------------------------------------------------------- upgrade
     def _upgraded(self, rest: bytes) -> None:
         ex = self.ex
-        if ex is None or self.transport is None or ex.conn.transport is None:
+        if ex is None or self.transport is None or ex.conn.closed:
             self.close()
             return
         self.pool.idle_again(self)
@@ -318,17 +319,8 @@ class UpstreamConnection(asyncio.Protocol):
             for n, v in self._headers
             if n not in wire.HOP_BY_HOP or n in (b"connection", b"upgrade")
         ]
-        headers.append((b"x-request-id", ex.request_id.encode()))
-        ex.response_started = True
-        ex.status = 101
-        ex.conn.write(wire.render_head(101, headers))
-        if rest:
-            ex.conn.write(rest)
-        self._tunnel_client = ex.conn.transport
         self._tunnel_ex = ex
         ex.producer = self  # a slow client pauses the upstream side of the tunnel
-        ex.finished = True
-        ex.conn.start_tunnel(self.transport, ex)
         self.ex = None
         self.on_error = None
-        ex.end()
+        self._tunnel_client = ex.switch_protocols(headers, rest, self.transport)
