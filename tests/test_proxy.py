@@ -38,6 +38,20 @@ async def test_get_is_forwarded_with_forwarding_headers(echo_upstream, make_gate
     assert headers["x-request-id"] == rid
 
 
+async def test_forwarded_proto_is_the_listeners_scheme(echo_upstream, make_gateway):
+    """X-Forwarded-Proto comes from the listener the client used, not a constant in the
+    forwarding code; a client's own copy is replaced (it is not a trusted proxy)."""
+    gw = await make_gateway(base_config(echo_upstream.url))
+    ctx = gw.gateway.ctx
+    assert ctx is not None
+    ctx.scheme = "https"  # what a TLS listener sets; connections made from now on carry it
+    raw = b"GET /p HTTP/1.1\r\nHost: x\r\nX-Forwarded-Proto: gopher\r\nConnection: close\r\n\r\n"
+    out = await raw_exchange(gw.port, raw)
+    body = orjson.loads(out.split(b"\r\n\r\n", 1)[1])
+    protos = [v for k, v in body["headers"] if k.lower() == "x-forwarded-proto"]
+    assert protos == ["https"]
+
+
 @pytest.mark.parametrize(
     ("sent", "kept"),
     [
