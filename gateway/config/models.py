@@ -295,7 +295,9 @@ class GatewayConfig(Model):
     upstreams: dict[str, UpstreamConfig] = Field(default_factory=dict)
     session_path: str | None = "/oauth20/access-token"
     realm: str = Field("gateway", description="Extension: realm of WWW-Authenticate.")
-    routes: tuple[RouteConfig, ...] = ()
+    routes: tuple[RouteConfig, ...] = Field(
+        description="The routes, in match order; at least one.",
+    )
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -325,9 +327,20 @@ class GatewayConfig(Model):
             raise ValueError(f"client_id listed twice: {dup}")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _routes_given(cls, data: object) -> object:
+        """An absent or null `routes` reaches the rule below (and its message) as `[]`."""
+        if isinstance(data, dict) and data.get("routes") is None:
+            return {**data, "routes": ()}
+        return data
+
     @field_validator("routes")
     @classmethod
     def _unique_routes(cls, v: tuple[RouteConfig, ...]) -> tuple[RouteConfig, ...]:
+        if not v:
+            # an empty file (a truncated ConfigMap) must not silently stop every route
+            raise ValueError("at least one route is required")
         seen = [r.name for r in v]
         dup = sorted({c for c in seen if seen.count(c) > 1})
         if dup:
