@@ -70,6 +70,7 @@ def test_defaults_match_spec():
     assert (cfg.listen.host, cfg.listen.port) == ("0.0.0.0", 8080)
     assert (cfg.admin.host, cfg.admin.port) == ("127.0.0.1", 9901)
     assert cfg.limits.max_header_bytes == 16 * 1024
+    assert cfg.limits.max_header_count == 100
     assert cfg.limits.max_body == 10 * 1024**2
     assert cfg.tokens.cache.ttl == 300
     assert cfg.tokens.grant.values["token"] == "implicit"
