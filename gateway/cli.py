@@ -1,4 +1,4 @@
-"""Command line (SPEC section 1). Exit codes: 0 success, 2 bad usage or config, 1 anything else."""
+"""Command line (docs/commands.md). Exit codes: 0 success, 2 bad usage or config, 1 otherwise."""
 
 from __future__ import annotations
 
@@ -31,6 +31,11 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("check-config", help="validate a config file")
     c.add_argument("path")
+
+    sub.add_parser(
+        "config-reference",
+        help="print the Markdown reference of every config key (docs/configuration.md)",
+    )
 
     r = sub.add_parser("routes", help="print the route table in match order")
     r.add_argument("path")
@@ -104,6 +109,13 @@ def cmd_routes(args: argparse.Namespace) -> int:
     cfg = load_config(args.path)
     for line in describe_routes(RouteTable.from_config(cfg)):
         print(line)
+    return 0
+
+
+def cmd_config_reference(args: argparse.Namespace) -> int:
+    from gateway.config.reference import render_reference
+
+    sys.stdout.write(render_reference())
     return 0
 
 
@@ -183,6 +195,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS = {
     "serve": cmd_serve,
     "check-config": cmd_check,
+    "config-reference": cmd_config_reference,
     "routes": cmd_routes,
     "proof": cmd_proof,
     "token": cmd_token,
