@@ -127,6 +127,7 @@ def cmd_proof(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
+    from gateway.authn.grants import GrantMapper
     from gateway.tokens_cli import issue_token, revoke_token
 
     cfg = _load(args.config)
@@ -135,6 +136,12 @@ def cmd_token(args: argparse.Namespace) -> int:
             ttl = parse_duration(args.ttl) if args.ttl is not None else None
         except ValueError as exc:
             raise UsageError(f"--ttl: {exc}") from None
+        if ttl is not None and ttl <= 0:
+            raise UsageError("--ttl: a token lifetime must be positive")
+        try:  # an unknown grant is bad usage (2), not a failure (1)
+            GrantMapper(cfg.tokens.grant).canonical(args.grant)
+        except ValueError as exc:
+            raise UsageError(f"--grant: {exc}") from None
         token = asyncio.run(
             issue_token(cfg, args.grant, args.client_id, args.subject, args.scope, ttl)
         )

@@ -67,3 +67,25 @@ def test_check_config_refuses_a_file_without_routes(tmp_path, text):
     assert "routes: at least one route is required" in res.stderr
     assert "Traceback" not in res.stderr
     assert res.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--grant", "nope"], "--grant: unknown grant 'nope'"),
+        (["--grant", "implicit", "--ttl", "0"], "--ttl: a token lifetime must be positive"),
+        (["--grant", "implicit", "--ttl", "soon"], "--ttl: invalid duration 'soon'"),
+    ],
+    ids=["unknown-grant", "zero-ttl", "bad-ttl"],
+)
+def test_token_issue_bad_arguments_are_usage_errors(tmp_path, args, message):
+    """`gateway token issue` with a bad --grant or --ttl exits 2 before touching any store."""
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        "upstreams: {api: {url: 'http://127.0.0.1:1'}}\n"
+        "routes: [{name: api, path_prefix: /, upstream: api}]\n"
+    )
+    res = _cli("token", "issue", "--config", str(path), "--client-id", "web", *args)
+    assert res.returncode == 2
+    assert message in res.stderr
+    assert "Traceback" not in res.stderr
