@@ -67,7 +67,8 @@ class ForwardAuthConfig(Model):
 
 
 class LogConfig(Model):
-    """Event lines go to stderr, access lines to stdout."""
+    """Event lines (start, reload, outages...) go to stderr; access lines to stdout in the json
+    format, to stderr with the events in the console format."""
 
     level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Lowest level of the event lines written."
@@ -79,8 +80,8 @@ class LogConfig(Model):
     )
     access: bool = Field(
         True,
-        description="One access-log line per request on stdout "
-        "([fields](operations.md#logs); never a token).",
+        description="One access-log line per request ([fields](operations.md#logs); never a "
+        "token).",
     )
 
 
