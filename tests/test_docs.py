@@ -87,6 +87,15 @@ def test_the_reference_example_loads():
     assert [r.name for r in cfg.routes] == ["status", "api"]
 
 
+def test_the_readme_opens_with_the_two_commands():
+    """A newcomer reads `make demo` and `make test` first."""
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    assert lines[2] == "```sh"
+    assert lines[3].startswith("make demo ")
+    assert lines[4].startswith("make test ")
+    assert "redis-server and nginx" in lines[4]
+
+
 def test_yaml_blocks_in_the_docs_parse():
     """Every ```yaml block of docs/ and the README is valid YAML (configs are checked above)."""
     for md in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
