@@ -15,7 +15,14 @@ from gateway.config import parse_config
 
 
 async def main(n: int) -> None:
-    cfg = parse_config({"tokens": {"sources": [{"type": "store"}]}}, env={})
+    cfg = parse_config(
+        {
+            "tokens": {"sources": [{"type": "store"}]},
+            "upstreams": {"unused": {"url": "http://127.0.0.1:9"}},  # a config needs a route
+            "routes": [{"name": "unused", "path_prefix": "/", "upstream": "unused"}],
+        },
+        env={},
+    )
     validator = TokenValidator.from_config(cfg, None)
     await validator.start()
     try:

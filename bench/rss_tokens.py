@@ -46,7 +46,9 @@ async def fill(n: int, trace: bool) -> tuple[float, float, int]:
             "tokens": {
                 "sources": [{"type": "store"}],
                 "cache": {"ttl": "5m", "max_entries": max(n, 100_000)},
-            }
+            },
+            "upstreams": {"unused": {"url": "http://127.0.0.1:9"}},  # a config needs a route
+            "routes": [{"name": "unused", "path_prefix": "/", "upstream": "unused"}],
         }
     )
     validator = TokenValidator.from_config(cfg, None)

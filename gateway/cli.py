@@ -1,4 +1,4 @@
-"""Command line (SPEC section 1). Exit codes: 0 success, 2 bad usage or config, 1 anything else."""
+"""Command line (docs/commands.md). Exit codes: 0 success, 2 bad usage or config, 1 otherwise."""
 
 from __future__ import annotations
 
@@ -31,6 +31,11 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("check-config", help="validate a config file")
     c.add_argument("path")
+
+    sub.add_parser(
+        "config-reference",
+        help="print the Markdown reference of every config key (docs/configuration.md)",
+    )
 
     r = sub.add_parser("routes", help="print the route table in match order")
     r.add_argument("path")
@@ -107,6 +112,13 @@ def cmd_routes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config_reference(args: argparse.Namespace) -> int:
+    from gateway.config.reference import render_reference
+
+    sys.stdout.write(render_reference())
+    return 0
+
+
 def cmd_proof(args: argparse.Namespace) -> int:
     from gateway.proof import compute_proof
 
@@ -115,6 +127,7 @@ def cmd_proof(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
+    from gateway.authn.grants import GrantMapper
     from gateway.tokens_cli import issue_token, revoke_token
 
     cfg = _load(args.config)
@@ -123,6 +136,12 @@ def cmd_token(args: argparse.Namespace) -> int:
             ttl = parse_duration(args.ttl) if args.ttl is not None else None
         except ValueError as exc:
             raise UsageError(f"--ttl: {exc}") from None
+        if ttl is not None and ttl <= 0:
+            raise UsageError("--ttl: a token lifetime must be positive")
+        try:  # an unknown grant is bad usage (2), not a failure (1)
+            GrantMapper(cfg.tokens.grant).canonical(args.grant)
+        except ValueError as exc:
+            raise UsageError(f"--grant: {exc}") from None
         token = asyncio.run(
             issue_token(cfg, args.grant, args.client_id, args.subject, args.scope, ttl)
         )
@@ -183,6 +202,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS = {
     "serve": cmd_serve,
     "check-config": cmd_check,
+    "config-reference": cmd_config_reference,
     "routes": cmd_routes,
     "proof": cmd_proof,
     "token": cmd_token,

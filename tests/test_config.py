@@ -1,4 +1,4 @@
-"""Config loading: every SPEC section 2 key, substitution, *_file keys, units, error paths."""
+"""Config loading: every key (docs/configuration.md), substitution, *_file keys, units, errors."""
 
 from __future__ import annotations
 
@@ -17,6 +17,11 @@ EXAMPLE_ENV = {
     "WEB_APP_SECRET": "w",
     "REDIS_URL": "redis://127.0.0.1:6379/0",
     "INTROSPECTION_URL": "https://idp.example/introspect",
+}
+#: The least a config must hold: one route (and its upstream).
+ONE_ROUTE = {
+    "upstreams": {"api": {"url": "http://127.0.0.1:9000"}},
+    "routes": [{"name": "api", "path_prefix": "/", "upstream": "api"}],
 }
 
 
@@ -60,11 +65,12 @@ def test_bad_durations(bad):
 
 
 def test_defaults_match_spec():
-    """An empty config yields SPEC section 2 defaults."""
-    cfg = parse_config({}, {})
+    """A config of one route gets the documented defaults for everything else."""
+    cfg = parse_config(ONE_ROUTE, {})
     assert (cfg.listen.host, cfg.listen.port) == ("0.0.0.0", 8080)
     assert (cfg.admin.host, cfg.admin.port) == ("127.0.0.1", 9901)
     assert cfg.limits.max_header_bytes == 16 * 1024
+    assert cfg.limits.max_header_count == 100
     assert cfg.limits.max_body == 10 * 1024**2
     assert cfg.tokens.cache.ttl == 300
     assert cfg.tokens.grant.values["token"] == "implicit"
@@ -74,7 +80,10 @@ def test_defaults_match_spec():
 
 def test_env_substitution_and_defaults():
     """${VAR} is replaced, ${VAR:-default} falls back, an unset ${VAR} is an error."""
-    data = {"redis": {"url": "redis://${HOST}:${PORT:-6379}/0", "key_prefix": "${PFX:-gw:}"}}
+    data = {
+        "redis": {"url": "redis://${HOST}:${PORT:-6379}/0", "key_prefix": "${PFX:-gw:}"},
+        **ONE_ROUTE,
+    }
     cfg = parse_config(data, {"HOST": "cache"})
     assert cfg.redis.url == "redis://cache:6379/0"
     assert cfg.redis.key_prefix == "gw:"
@@ -95,7 +104,8 @@ def test_file_keys_read_secrets(tmp_path):
                     "client_secret_file": str(secret),
                 }
             ]
-        }
+        },
+        **ONE_ROUTE,
     }
     cfg = parse_config(data, {})
     assert cfg.tokens.sources[0].client_secret.get_secret_value() == "s3cr3t"
@@ -106,9 +116,9 @@ def test_file_keys_read_secrets(tmp_path):
 def test_empty_secrets_dropped_and_app_without_secret_refused():
     """Empty strings in secrets are dropped; an app left with none is an error."""
     apps = [{"client_id": "a", "secrets": ["${NEW}", "${OLD:-}"]}]
-    cfg = parse_config({"apps": apps}, {"NEW": "n"})
+    cfg = parse_config({"apps": apps, **ONE_ROUTE}, {"NEW": "n"})
     assert [s.get_secret_value() for s in cfg.apps[0].secrets] == ["n"]
-    assert _problems({"apps": [{"client_id": "a", "secrets": ["${OLD:-}"]}]}) == [
+    assert _problems({"apps": [{"client_id": "a", "secrets": ["${OLD:-}"]}], **ONE_ROUTE}) == [
         "apps[0].secrets: an app needs at least one non-empty secret"
     ]
 
@@ -175,3 +185,60 @@ def test_invalid_yaml_is_a_config_error(tmp_path):
     path.write_text("routes: [\n")
     with pytest.raises(ConfigError, match="invalid YAML"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [None, {}, {"routes": None}, {"routes": []}, {"upstreams": ONE_ROUTE["upstreams"]}],
+    ids=["empty-document", "empty-mapping", "null-routes", "no-routes", "upstreams-only"],
+)
+def test_a_config_without_routes_is_refused(data):
+    """No route at all is a config error naming `routes`, never a gateway that serves nothing."""
+    assert _problems(data) == ["routes: at least one route is required"]
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# truncated by an editor\n# nothing left\n"])
+def test_an_empty_file_is_refused(tmp_path, text):
+    """An empty or comments-only file (a truncated ConfigMap) does not load."""
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert err.value.problems == ["routes: at least one route is required"]
+
+
+def test_routes_errors_are_still_all_reported_with_the_rule():
+    """The rule does not hide the other problems of a file."""
+    problems = _problems({"limits": {"max_body": "lots"}})
+    assert "routes: at least one route is required" in problems
+    assert any(p.startswith("limits.max_body: invalid size") for p in problems)
+
+
+def test_substituted_numbers_and_booleans_are_read_as_such():
+    """`port: ${PORT:-8080}` is an integer once substituted (as docs/configuration.md says)."""
+    data = {"listen": {"port": "${PORT:-8080}"}, "log": {"access": "${ACCESS}"}, **ONE_ROUTE}
+    cfg = parse_config(data, {"ACCESS": "false"})
+    assert cfg.listen.port == 8080
+    assert cfg.log.access is False
+
+
+def test_an_empty_variable_is_not_replaced_by_its_default():
+    """`${NAME:-default}` falls back only when NAME is unset, as documented."""
+    data = {"realm": "${REALM:-gateway}", **ONE_ROUTE}
+    assert parse_config(data, {"REALM": ""}).realm == ""
+    assert parse_config(data, {}).realm == "gateway"
+
+
+def test_file_key_paths_are_relative_to_the_config_file(tmp_path):
+    """A relative `X_file` path is read next to the config file, whatever the working dir."""
+    (tmp_path / "realm.txt").write_text("  from-file\n")
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "realm_file: realm.txt\n"
+        "upstreams: {api: {url: 'http://127.0.0.1:9000'}}\n"
+        "routes: [{name: api, path_prefix: /, upstream: api}]\n"
+    )
+    assert load_config(path, env={}).realm == "from-file"
+    path.write_text(path.read_text() + "realm: also\n")
+    with pytest.raises(ConfigError, match="give either `realm` or `realm_file`"):
+        load_config(path, env={})

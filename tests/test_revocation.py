@@ -13,7 +13,7 @@ from gateway.authn.cache import TokenDigest
 from gateway.config import parse_config
 from gateway.errors import ConfigError, InvalidTokenError, StoreUnavailableError
 from gateway.tokens_cli import issue_token, revoke_token
-from tests.fixtures.idp import peek
+from tests.fixtures.idp import ONE_ROUTE, peek
 
 STORE = {"type": "store"}
 
@@ -183,6 +183,7 @@ async def test_cli_issue_and_revoke(redis_url, idp):
     cfg = parse_config({
         "redis": {"url": redis_url, "key_prefix": "gw:"},
         "tokens": {"sources": [STORE, idp.introspection_source(revocation_url=f"{idp.url}/revoke")]},
+        **ONE_ROUTE,
     }, env={})  # fmt: skip
     token = await issue_token(cfg, "code", "web-app", "alice", "read", None)
     key = f"gw:token:{TokenDigest.of(token).hex}"
@@ -197,7 +198,7 @@ async def test_cli_issue_and_revoke(redis_url, idp):
 
 async def test_cli_needs_redis():
     """Without `redis:` the CLI commands refuse with a config error naming the key."""
-    cfg = parse_config({"tokens": {"sources": [STORE]}}, env={})
+    cfg = parse_config({"tokens": {"sources": [STORE]}, **ONE_ROUTE}, env={})
     with pytest.raises(ConfigError, match="redis"):
         await issue_token(cfg, "implicit", "spa")
     with pytest.raises(ConfigError, match="redis"):

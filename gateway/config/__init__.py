@@ -1,4 +1,4 @@
-"""Configuration: pydantic models (SPEC section 2) and the YAML loader."""
+"""Configuration: pydantic models, the YAML loader, and the reference generated from them."""
 
 from gateway.config.loader import load_config, parse_config
 from gateway.config.models import (

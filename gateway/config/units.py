@@ -64,5 +64,14 @@ def format_duration(seconds: float) -> str:
     return f"{round(seconds * 1000)}ms"
 
 
+def format_size(size: int) -> str:
+    """The shortest exact spelling of a size (`16KiB`, `10MB`, `100`), for the reference."""
+    for unit in ("GiB", "MiB", "KiB", "GB", "MB", "KB"):
+        factor = _SIZE_UNITS[unit]
+        if size >= factor and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]

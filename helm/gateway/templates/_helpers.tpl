@@ -92,7 +92,7 @@ Name of the Secret the pods read: existingSecret, or the one this chart creates.
 {{/*
 The rendered gateway configuration and the Secret references it needs, as one YAML document:
 
-  config:  gateway.yaml (SPEC section 2)
+  config:  gateway.yaml (docs/configuration.md)
   refs:    [{env, key, optional}] environment variables of the gateway container filled from the
            Secret, each named by a ${VAR} (or ${VAR:-}) placed in `config`
 
