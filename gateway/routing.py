@@ -11,7 +11,6 @@ from typing import Final, Literal
 
 from gateway.authz import AuthPolicy
 from gateway.config.models import GatewayConfig, RouteConfig, TokensConfig
-from gateway.errors import BadHttpRequestError, ConfigError
 from gateway.extract import ExtractPolicy
 from gateway.normalize import normalize_path
 
@@ -81,12 +80,12 @@ class Route:
     def from_config(
         cls, rc: RouteConfig, index: int, default_max_body: int, tokens: TokensConfig
     ) -> Route:
-        """Compile `routes[index]`; raises ConfigError when its path can never be matched."""
+        """Compile `routes[index]` (validated already: its paths survive normalisation)."""
         kind: Literal["exact", "prefix", "regex"]
         if rc.path is not None:
-            kind, matcher = "exact", _config_path(rc.path, index, "path")
+            kind, matcher = "exact", normalize_path(rc.path)
         elif rc.path_prefix is not None:
-            kind, matcher = "prefix", _config_path(rc.path_prefix, index, "path_prefix")
+            kind, matcher = "prefix", normalize_path(rc.path_prefix)
         else:
             kind, matcher = "regex", rc.path_regex or ""
         strip = rc.strip_prefix
@@ -99,7 +98,7 @@ class Route:
             host=normalize_host(rc.host),
             auth=_auth_policy(rc, tokens),
             upstream=rc.upstream,
-            strip_prefix=_config_path(strip, index, "strip_prefix") if strip else None,
+            strip_prefix=normalize_path(strip) if strip else None,
             forward_token=rc.forward_token,
             max_body=rc.max_body if rc.max_body is not None else default_max_body,
             config=rc,
@@ -124,13 +123,6 @@ class Route:
         if path.startswith(base) and path[len(base)] == "/":
             return path[len(base) :]
         return path
-
-
-def _config_path(value: str, index: int, key: str) -> str:
-    try:
-        return normalize_path(value)
-    except BadHttpRequestError as exc:
-        raise ConfigError([f"routes[{index}].{key}: cannot be normalised ({exc.reason})"]) from None
 
 
 class RouteTable:
@@ -161,7 +153,7 @@ class RouteTable:
 
     @classmethod
     def from_config(cls, cfg: GatewayConfig) -> RouteTable:
-        """Compile `cfg.routes`; raises ConfigError for a path that can never match."""
+        """Compile `cfg.routes` (the config model has validated them)."""
         limit, tokens = cfg.limits.max_body, cfg.tokens
         return cls(
             tuple(Route.from_config(rc, i, limit, tokens) for i, rc in enumerate(cfg.routes))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from gateway.config import load_config, parse_config
 from gateway.config.units import parse_duration, parse_size
@@ -242,3 +243,22 @@ def test_file_key_paths_are_relative_to_the_config_file(tmp_path):
     path.write_text(path.read_text() + "realm: also\n")
     with pytest.raises(ConfigError, match="give either `realm` or `realm_file`"):
         load_config(path, env={})
+
+
+def load_yaml_text(text: str):
+    """parse_config of a YAML document, as load_config reads a file."""
+    return parse_config(yaml.safe_load(text), env={})
+
+
+def test_unquoted_off_is_off():
+    """`appsecret_proof: off` unquoted is YAML's false; it means what the user wrote."""
+    cfg = load_yaml_text(
+        "upstreams: {api: {url: 'http://127.0.0.1:9'}}\n"
+        "routes: [{name: r, path: /, upstream: api, appsecret_proof: off}]\n"
+    )
+    assert cfg.routes[0].appsecret_proof == "off"
+    with pytest.raises(ConfigError, match=r"routes\[0\]\.appsecret_proof"):
+        load_yaml_text(
+            "upstreams: {api: {url: 'http://127.0.0.1:9'}}\n"
+            "routes: [{name: r, path: /, upstream: api, appsecret_proof: on}]\n"
+        )

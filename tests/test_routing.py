@@ -256,9 +256,38 @@ def test_token_route_defaults_and_query_token_policy() -> None:
 
 
 def test_unnormalisable_config_path_is_config_error() -> None:
-    """A configured path that no request could ever match is a ConfigError naming its key."""
-    with pytest.raises(ConfigError, match=r"routes\[1\]\.path_prefix"):
-        table({"path": "/ok"}, {"path_prefix": "/../x"})
+    """A configured path that no request could ever match is a ConfigError naming its key,
+    found by the one validation pass (parse_config), before any route table is built."""
+    with pytest.raises(ConfigError, match=r"routes\[1\]\.path_prefix: cannot be normalised"):
+        parse_config(
+            {
+                "upstreams": UPSTREAMS,
+                "routes": [
+                    {"name": "a", "path": "/ok", "upstream": "api"},
+                    {"name": "b", "path_prefix": "/../x", "upstream": "api"},
+                ],
+            }
+        )
+    for key, value in (("path", "/a/%2F"), ("strip_prefix", "/x/../..")):
+        with pytest.raises(ConfigError, match=rf"routes\[0\]\.{key}: cannot be normalised"):
+            table({"path_prefix": "/", key: value} if key != "path" else {key: value})
+
+
+def test_session_path_must_be_written_normalised() -> None:
+    """The session endpoint is matched against normalised paths: a path written otherwise
+    could never be reached, so it is refused with its normal form."""
+    with pytest.raises(ConfigError, match=r"session_path: must be written normalised: '/a/b'"):
+        table({"path": "/x"}, session_path="/a//b")
+    assert (
+        parse_config(
+            {
+                "upstreams": UPSTREAMS,
+                "routes": [{"name": "r", "path": "/", "upstream": "api"}],
+                "session_path": "/a/b",
+            }
+        ).session_path
+        == "/a/b"
+    )
 
 
 def test_no_route() -> None:

@@ -104,15 +104,7 @@ def parse_config(
         raise ConfigError(problems) from None
     if problems:
         raise ConfigError(problems)
-    _compile_routes(config)
     return config
-
-
-def _compile_routes(config: GatewayConfig) -> None:
-    """Route paths must survive normalisation; the route table reports the ones that do not."""
-    from gateway.routing import RouteTable  # routing depends on the models, not on the loader
-
-    RouteTable.from_config(config)
 
 
 def load_config(

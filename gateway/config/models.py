@@ -21,6 +21,8 @@ from pydantic import (
 )
 
 from gateway.config.units import Duration, Size
+from gateway.errors import BadHttpRequestError
+from gateway.normalize import normalize_path
 
 GRANTS = frozenset(
     {
@@ -456,9 +458,12 @@ class RouteConfig(Model):
     @field_validator("path", "path_prefix", "strip_prefix")
     @classmethod
     def _slash(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith("/"):
-            raise ValueError("must start with '/'")
-        return v
+        return _request_path(v)
+
+    @field_validator("appsecret_proof", mode="before")
+    @classmethod
+    def _bare_off(cls, v: object) -> object:
+        return "off" if v is False else v  # YAML reads an unquoted `off` as false
 
     @field_validator("path_regex")
     @classmethod
@@ -497,6 +502,20 @@ class RouteConfig(Model):
         ):
             raise ValueError("a public route cannot require grants, scopes or appsecret_proof")
         return self
+
+
+def _request_path(v: str | None) -> str | None:
+    """A path matched against request paths: it must start with `/` and survive the
+    normalisation requests get (docs/configuration.md, matching), or no request could match."""
+    if v is None:
+        return None
+    if not v.startswith("/"):
+        raise ValueError("must start with '/'")
+    try:
+        normalize_path(v)
+    except BadHttpRequestError as exc:
+        raise ValueError(f"cannot be normalised ({exc.reason})") from None
+    return v
 
 
 def _network(v: object) -> object:
@@ -571,9 +590,10 @@ class GatewayConfig(Model):
     @field_validator("session_path")
     @classmethod
     def _session(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith("/"):
-            raise ValueError("must start with '/'")
-        return v
+        path = _request_path(v)
+        if path is not None and normalize_path(path) != path:
+            raise ValueError(f"must be written normalised: {normalize_path(path)!r}")
+        return path
 
     @field_validator("apps")
     @classmethod
