@@ -200,6 +200,27 @@ async def test_pipelined_requests_answered_in_order(echo_upstream, make_gateway)
     assert [b["path"] for b in bodies] == ["/slow/0.2", "/slow/0", "/slow/0.1", "/end"]
 
 
+async def test_requests_dropped_behind_a_closing_answer_are_not_counted(
+    echo_upstream, make_gateway
+):
+    """Pipelined requests behind a `Connection: close` answer are never started: they must
+    not be counted out of the in-flight figure (it went negative, and a drain then waited for
+    it to reach 0 until shutdown_timeout)."""
+    gw = await make_gateway(base_config(echo_upstream.url))
+    raw = (
+        b"GET /slow/0.2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        b"GET /b HTTP/1.1\r\nHost: x\r\n\r\nGET /c HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    out = await raw_exchange(gw.port, raw)
+    assert _responses(out) == [b"HTTP/1.1 200 OK"]
+    for _ in range(50):
+        if not gw.gateway.ctx.connections:
+            break
+        await asyncio.sleep(0.05)
+    assert gw.gateway.ctx.in_flight == 0
+    assert echo_upstream.requests == 1
+
+
 async def test_keep_alive_and_connection_close(echo_upstream, make_gateway):
     """HTTP/1.1 keeps the connection; `Connection: close` and HTTP/1.0 close it after the answer."""
     gw = await make_gateway(base_config(echo_upstream.url))

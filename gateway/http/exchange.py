@@ -76,6 +76,7 @@ class Exchange:
         "request_id",
         "response_started",
         "route",
+        "started",
         "started_at",
         "status",
         "upgrade",
@@ -106,6 +107,7 @@ class Exchange:
         self.request_id = request_id
         self.client_ip = conn.client_ip
         self.started_at = time.monotonic()
+        self.started = False  # handed to the handler (counted in flight)
         self.body_mode = BODY_NONE
         self.content_length = 0
         self.body_received = 0

@@ -328,6 +328,7 @@ class HttpServerProtocol(asyncio.Protocol):
         """Hand the exchange to the handler: the fast path answers without a task."""
         if ex.ended or self.closed:
             return
+        ex.started = True
         self.ctx.in_flight += 1
         try:
             self.ctx.handler(ex)
@@ -336,6 +337,8 @@ class HttpServerProtocol(asyncio.Protocol):
             ex.abort()
 
     def exchange_ended(self, ex: Exchange) -> None:
+        if not ex.started:
+            return  # queued behind another answer and dropped: never counted
         ctx = self.ctx
         ctx.in_flight -= 1
         if ctx.in_flight == 0 and ctx.draining:
