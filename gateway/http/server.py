@@ -46,6 +46,14 @@ class ServerContext:
     max_in_flight: int = 10_000
     keepalive_timeout: float = 75.0
     header_timeout: float = 30.0
+    #: Lingering close (nginx's lingering_close): when an answer ends a connection whose client
+    #: may still be sending (a refused head or body, unread pipelined bytes), the write side is
+    #: shut after the answer and what the client still sends is read and dropped, at most
+    #: `linger_time` in all, `linger_timeout` between reads and `linger_max_bytes`; then close.
+    #: Closing with unread bytes would make the kernel send RST, and the client lose the answer.
+    linger_time: float = 5.0
+    linger_timeout: float = 2.0
+    linger_max_bytes: int = 16 * 1024 * 1024
     in_flight: int = 0
     draining: bool = False
     #: set when in_flight drops to 0 while draining (drain() clears it before waiting)
@@ -65,6 +73,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self.queue: deque[Exchange] = deque()  # [0] is being answered; later ones are pipelined
         self.current: Exchange | None = None  # being parsed
         self.tunnel: asyncio.Transport | None = None
+        #: no more requests are read, started or answered (closing, lingering, or gone)
         self.closed = False
         self._parsing_stopped = False
         self._pending: Exchange | None = None
@@ -76,6 +85,9 @@ class HttpServerProtocol(asyncio.Protocol):
         self._in_trailers = False
         self._read_paused = False
         self._write_paused = False
+        self._lingering = False  # see ServerContext.linger_time
+        self._linger_bytes = 0
+        self._linger_end = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._idle_deadline = 0.0
         self._body_waiters: dict[Exchange, asyncio.Future[None]] = {}
@@ -99,19 +111,26 @@ class HttpServerProtocol(asyncio.Protocol):
             self._timer.cancel()
         if self.tunnel is not None:
             self.tunnel.close()
+        self._drop_requests()  # the client went away: stop the upstream exchanges too
+
+    def _drop_requests(self) -> None:
+        """End the requests still queued on this connection: they will not be answered."""
         for ex in list(self.queue):
-            ex.client_gone()  # the client went away: stop the upstream exchange too
+            ex.client_gone()
+        self.queue.clear()
         for fut in self._body_waiters.values():
             if not fut.done():
                 fut.set_result(None)
-        self.queue.clear()
+        self._body_waiters.clear()
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
             self.tunnel.write(data)
             return
         if self._parsing_stopped:
-            if self.queue and self.queue[-1].upgrade:
+            if self._lingering:
+                self._discard(len(data))
+            elif self.queue and self.queue[-1].upgrade:
                 self.queue[-1].upgrade_data += data  # before the tunnel is up
             return  # after an ignored Upgrade (h2c) nothing more is read on this connection
         if self._in_head:
@@ -145,7 +164,8 @@ class HttpServerProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         # A client that stops sending has gone away as far as a proxy can tell (nginx's 499):
-        # close, which cancels the upstream exchange in connection_lost.
+        # close, which cancels the upstream exchange in connection_lost. A lingering
+        # connection ends here too: the client has sent all it had.
         return False
 
     def pause_writing(self) -> None:
@@ -183,7 +203,7 @@ class HttpServerProtocol(asyncio.Protocol):
         return self._write_paused
 
     def abort(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None:  # also a closing or lingering one (drain, shutdown)
             self.transport.abort()
 
     def _arm_timer(self, seconds: float) -> None:
@@ -228,6 +248,10 @@ class HttpServerProtocol(asyncio.Protocol):
         self._headers.append((wire.lower_name(name), value))
 
     def on_headers_complete(self) -> None:
+        if self.closed:
+            # the connection was closed by an answer given while this read was being parsed
+            # (a body over its limit): what follows is never a request
+            raise BadHttpRequestError("request_after_close")
         self._in_head = False
         self._in_trailers = True
         ex = self._new_exchange()
@@ -350,8 +374,13 @@ class HttpServerProtocol(asyncio.Protocol):
             return
         self.queue.popleft()
         if not ex.keep_alive or self.ctx.draining:
-            if self.transport is not None and not self.closed:
-                self.transport.close()
+            transport = self.transport
+            if transport is not None and not self.closed:
+                if self._client_may_be_sending(ex):
+                    self._linger(transport)
+                else:
+                    self.closed = True
+                    transport.close()
             return
         if self.queue:
             self.loop.call_soon(self._start, self.queue[0])  # not recursively: pipelines are long
@@ -360,9 +389,61 @@ class HttpServerProtocol(asyncio.Protocol):
         if self.current is None or not self.queue:
             self.resume_reading()
 
+    def _client_may_be_sending(self, ex: Exchange) -> bool:
+        """Whether closing now could leave bytes of the client unread: after an error answer,
+        a request body not read to its end, a broken or stopped parse, or pipelined requests."""
+        return (
+            ex.error is not None
+            or not ex.body_complete
+            or ex.body_error is not None
+            or self._parsing_stopped
+            or self._in_head
+            or self.current is not None
+            or bool(self.queue)
+        )
+
+    def _linger(self, transport: asyncio.Transport) -> None:
+        """Lingering close: the answer is out (FIN after it where the transport can half-close;
+        TLS cannot), what the client still sends is read and dropped, never parsed, within
+        the ServerContext.linger_* bounds; then the connection closes (see data_received)."""
+        self.closed = True
+        self._drop_requests()  # pipelined requests behind this answer are not answered
+        self._lingering = self._parsing_stopped = True
+        self.current = self._pending = None
+        self._in_head = False
+        if transport.is_closing():
+            return
+        if transport.can_write_eof():
+            try:
+                transport.write_eof()
+            except (OSError, RuntimeError):  # the peer has gone already
+                transport.close()
+                return
+        ctx = self.ctx
+        self._linger_end = self.loop.time() + ctx.linger_time
+        if self._timer is not None:
+            self._timer.cancel()  # it may be set later than the lingering bounds
+            self._timer = None
+        self._arm_timer(min(ctx.linger_timeout, ctx.linger_time))
+        self._read_paused = False
+        transport.resume_reading()
+
+    def _discard(self, size: int) -> None:
+        """Bytes read while lingering: counted against the bounds, dropped."""
+        self._linger_bytes += size
+        ctx = self.ctx
+        if self._linger_bytes > ctx.linger_max_bytes:
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self._idle_deadline = min(self.loop.time() + ctx.linger_timeout, self._linger_end)
+
     def _parse_failed(self, exc: GatewayError) -> None:
         """A request could not be parsed: answer it in turn, then close."""
+        if self.closed:
+            return  # the bytes came after the connection's last answer
         self.pause_reading()
+        self._parsing_stopped = True  # llhttp stays in its error state: never fed again
         self._in_head = False
         if self.current is not None and self.current in self.queue:
             ex = self.current  # failure inside a body: its own handler sees the error
