@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 import pytest
+import structlog
 from aiohttp import web
 from structlog.testing import capture_logs
 
@@ -690,6 +691,68 @@ async def test_upgrade_on_token_route_without_token_is_401(recorder, make_gatewa
     res = await send_raw(gw.port, raw + SMUGGLED)
     assert res.first.status == 401
     assert recorder.seen == []
+
+
+# ====================================================================== 2b. header fields: count, Host
+def _fields(count: int, method: bytes = b"GET", extra: bytes = b"") -> bytes:
+    """A request head of exactly `count` header fields, Host and `extra`'s lines among them."""
+    own = 1 + extra.count(b"\r\n")
+    lines = b"".join(b"X-F%d: v%d\r\n" % (i, i) for i in range(count - own))
+    return method + b" /public/many HTTP/1.1\r\nHost: x\r\n" + extra + lines + b"\r\n"
+
+
+async def test_header_count_limit(recorder, make_gateway):
+    """limits.max_header_count (default 100): 100 fields reach the upstream, 101 are 431 and
+    never do, whether the names differ or repeat."""
+    gw = await make_gateway(attack_config(recorder.url))
+    res = await send_raw(gw.port, _fields(100))
+    assert res.first.status == 200
+    sent = {n for n, _ in recorder.seen[0]["headers"] if n[:3] == "x-f" and n[3:].isdigit()}
+    assert len(sent) == 99
+    for raw in (
+        _fields(101),
+        b"GET /public/x HTTP/1.1\r\nHost: x\r\n" + b"X-Same: 1\r\n" * 100 + b"\r\n",
+    ):
+        res = await send_raw(gw.port, raw + SMUGGLED)
+        assert [r.status for r in res.responses] == [431]
+        assert res.first.header("connection") == "close"
+        assert res.closed
+    assert len(recorder.seen) == 1
+
+
+async def test_trailer_fields_do_not_count_against_header_count(recorder, make_gateway):
+    """Trailer fields are dropped, never sent upstream: they count against max_header_bytes
+    with the head, not against max_header_count (which bounds the fields kept)."""
+    gw = await make_gateway(attack_config(recorder.url))
+    head = _fields(100, b"POST", b"Transfer-Encoding: chunked\r\nConnection: close\r\n")
+    trailers = b"".join(b"T-%d: t\r\n" % i for i in range(20))
+    res = await send_raw(gw.port, head + b"3\r\nabc\r\n0\r\n" + trailers + b"\r\n")
+    assert res.first.status == 200
+    assert recorder.seen[0]["body"] == "abc"
+    assert not any(n.startswith("t-") for n, _ in recorder.seen[0]["headers"])
+
+
+async def test_header_count_limit_follows_reload(recorder, make_gateway, tmp_path):
+    """A reload applies a new max_header_count like the other limits."""
+    import yaml
+
+    cfg = attack_config(recorder.url, limits={"max_header_count": 10})
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    gw = await make_gateway(cfg, str(path))
+    assert (await send_raw(gw.port, _fields(10))).first.status == 200
+    assert (await send_raw(gw.port, _fields(11))).first.status == 431
+    cfg["limits"]["max_header_count"] = 20
+    path.write_text(yaml.safe_dump(cfg))
+    logging_config = structlog.get_config()
+    try:
+        assert await gw.gateway.reload()
+    finally:  # a reload configures logging for the process: later tests capture debug events
+        structlog.configure(**logging_config)
+    assert gw.gateway.ctx.max_header_count == 20
+    assert (await send_raw(gw.port, _fields(11))).first.status == 200
+    assert (await send_raw(gw.port, _fields(21))).first.status == 431
+    assert len(recorder.seen) == 2
 
 
 # =========================================================================== 3. header injection

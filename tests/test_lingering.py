@@ -69,6 +69,15 @@ async def test_431_for_120_headers_of_1600_bytes_sent_before_reading(echo_upstre
     assert gw.gateway.ctx.in_flight == 0
 
 
+async def test_431_for_too_many_header_fields_sent_before_reading(echo_upstream, make_gateway):
+    """Over max_header_count with a large remainder still coming: 431, then the close."""
+    gw = await make_gateway(base_config(echo_upstream.url))
+    head = b"GET /x HTTP/1.1\r\nHost: x\r\n" + b"X-N: 1\r\n" * 101 + b"\r\n"
+    res = await answer_of(gw.port, head + SMUGGLED * 8000)
+    assert res.status == 431
+    assert echo_upstream.requests == 0
+
+
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
 async def test_413_for_a_large_body_sent_before_reading(echo_upstream, make_gateway, framing):
     """A 4 MiB body against a 1 MiB limit, written whole before reading: 413, no reset."""

@@ -62,6 +62,12 @@ class LogConfig(Model):
 
 class LimitsConfig(Model):
     max_header_bytes: Size = Field(16 * 1024, gt=0, description="All request headers -> 431.")
+    max_header_count: int = Field(
+        100,
+        gt=0,
+        description="Header fields in one request; more -> 431 (Envoy's default; gunicorn and "
+        "http.server upstreams refuse more than 100).",
+    )
     max_url_bytes: Size = Field(8 * 1024, gt=0, description="Request target -> 414.")
     max_body: Size = Field(10 * 1024**2, ge=0, description="Default per-route body limit -> 413.")
     max_in_flight: int = Field(10000, gt=0, description="Concurrent requests; beyond -> 503.")

@@ -42,6 +42,7 @@ class ServerContext:
     handler: Handler
     realm: str = "gateway"
     max_header_bytes: int = 16 * 1024
+    max_header_count: int = 100
     max_url_bytes: int = 8 * 1024
     max_in_flight: int = 10_000
     keepalive_timeout: float = 75.0
@@ -240,12 +241,19 @@ class HttpServerProtocol(asyncio.Protocol):
             raise UriTooLongError("url_over_limit")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        ctx = self.ctx
         self._header_bytes += len(name) + len(value) + 4
-        if self._header_bytes > self.ctx.max_header_bytes:
+        if self._header_bytes > ctx.max_header_bytes:
             raise HeadersTooLargeError("headers_over_limit")
         if self._in_trailers:
-            return  # chunked trailer fields are never merged into the head (RFC 9110 6.5.1)
-        self._headers.append((wire.lower_name(name), value))
+            # chunked trailer fields are never merged into the head (RFC 9110 6.5.1): they
+            # count against max_header_bytes with the head, not against max_header_count,
+            # which bounds the fields kept and sent upstream
+            return
+        headers = self._headers
+        if len(headers) >= ctx.max_header_count:
+            raise HeadersTooLargeError("too_many_headers")
+        headers.append((wire.lower_name(name), value))
 
     def on_headers_complete(self) -> None:
         if self.closed:
