@@ -693,6 +693,35 @@ async def test_upgrade_on_token_route_without_token_is_401(recorder, make_gatewa
     assert recorder.seen == []
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"Content-Length: 5\r\n\r\nhello",
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ],
+    ids=["content-length", "chunked"],
+)
+@pytest.mark.parametrize("path", [b"/public/ws", b"/admin/ws"])
+async def test_upgrade_with_body_is_refused_before_the_upstream(recorder, make_gateway, path, body):
+    """A WebSocket Upgrade sent as POST with a body was forwarded with its Content-Length but
+    never its body (llhttp hands those bytes over as the new protocol's), and the client got a
+    504 even from an upstream answering at once. It is refused with 400 at once, on public and
+    token routes alike (with a valid token), and nothing reaches the upstream."""
+    gw = await make_gateway(attack_config(recorder.url))
+    token = await issue(gw)
+    raw = (
+        b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Authorization: Bearer " + token.encode() + b"\r\n" + body + SMUGGLED
+    )
+    started = time.monotonic()
+    res = await send_raw(gw.port, raw, expect=2)
+    assert time.monotonic() - started < 1.5
+    assert [r.status for r in res.responses] == [400]
+    assert res.first.header("connection") == "close"
+    assert res.closed
+    assert recorder.seen == []
+
+
 # ====================================================================== 2b. header fields: count, Host
 def _fields(count: int, method: bytes = b"GET", extra: bytes = b"") -> bytes:
     """A request head of exactly `count` header fields, Host and `extra`'s lines among them."""

@@ -538,10 +538,20 @@ async def test_strip_prefix_rewrites_upstream_path(echo_upstream, make_gateway):
         assert (await r.json())["path"] == "/items/7"
 
 
-async def test_websocket_upgrade_is_piped(aiohttp_server, make_gateway):
-    """A WebSocket upgrade is relayed and frames flow both ways."""
+class WsUpstream:
+    """A WebSocket echo server on /ws (any method): counts the requests it got."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.requests = 0
+
+
+@pytest.fixture
+async def ws_upstream(aiohttp_server: Any) -> WsUpstream:
+    state = WsUpstream()
 
     async def ws_handler(request: web.Request) -> web.WebSocketResponse:
+        state.requests += 1
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         async for msg in ws:
@@ -549,14 +559,71 @@ async def test_websocket_upgrade_is_piped(aiohttp_server, make_gateway):
         return ws
 
     app = web.Application()
-    app.router.add_get("/ws", ws_handler)
+    app.router.add_route("*", "/ws", ws_handler)
     server = await aiohttp_server(app)
-    gw = await make_gateway(base_config(f"http://127.0.0.1:{server.port}"))
+    state.url = f"http://127.0.0.1:{server.port}"
+    return state
+
+
+_WS_HANDSHAKE = (
+    b"Host: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+)
+#: a masked text frame "hi" (a client's frames are masked, RFC 6455 5.3)
+_WS_FRAME = bytes([0x81, 0x82, 1, 2, 3, 4, ord("h") ^ 1, ord("i") ^ 2])
+
+
+async def test_websocket_upgrade_is_piped(ws_upstream, make_gateway):
+    """A WebSocket upgrade is relayed and frames flow both ways."""
+    gw = await make_gateway(base_config(ws_upstream.url))
     async with aiohttp.ClientSession() as s, s.ws_connect(gw.url + "/ws") as ws:
         for word in ("a", "b" * 70000):
             await ws.send_str(word)
             msg = await ws.receive(timeout=3)
             assert msg.data == "echo:" + word
+
+
+@pytest.mark.parametrize("length", [b"", b"Content-Length: 0\r\n"], ids=["no-body", "cl-0"])
+async def test_websocket_upgrade_on_raw_socket(ws_upstream, make_gateway, length):
+    """A raw GET handshake (`Content-Length: 0` is no body) gets the upstream's 101, and a
+    frame sent right after it travels through the tunnel."""
+    gw = await make_gateway(base_config(ws_upstream.url))
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    writer.write(b"GET /ws HTTP/1.1\r\n" + _WS_HANDSHAKE + length + b"\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+    assert head.startswith(b"HTTP/1.1 101 ")
+    assert b"sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=" in head.lower()
+    writer.write(_WS_FRAME)
+    frame = await asyncio.wait_for(reader.readexactly(9), 3)
+    assert frame == b"\x81\x07echo:hi"  # an unmasked text frame from the server
+    writer.close()
+    assert ws_upstream.requests == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"Content-Length: 5\r\n\r\nhello",
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ],
+    ids=["content-length", "chunked"],
+)
+@pytest.mark.parametrize("method", [b"POST", b"GET"])
+async def test_websocket_upgrade_with_body_is_refused_at_once(
+    ws_upstream, make_gateway, method, body
+):
+    """An Upgrade request with a body: llhttp hands the body over as bytes of the new protocol,
+    so the upstream would wait for a body never sent (the client got a 504). Refused with 400
+    at once, before any upstream is asked; a frame sent behind it is never relayed."""
+    gw = await make_gateway(base_config(ws_upstream.url))
+    started = asyncio.get_running_loop().time()
+    out = await raw_exchange(
+        gw.port, method + b" /ws HTTP/1.1\r\n" + _WS_HANDSHAKE + body + _WS_FRAME
+    )
+    assert asyncio.get_running_loop().time() - started < 1.5
+    assert _status(out) == 400
+    assert b"connection: close" in out.lower()
+    assert ws_upstream.requests == 0
 
 
 async def test_admin_endpoints(echo_upstream, make_gateway):

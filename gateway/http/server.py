@@ -132,7 +132,10 @@ class HttpServerProtocol(asyncio.Protocol):
             if self._lingering:
                 self._discard(len(data))
             elif self.queue and self.queue[-1].upgrade:
-                self.queue[-1].upgrade_data += data  # before the tunnel is up
+                # before the tunnel is up (a WebSocket client waits for the 101 before it
+                # sends): kept for the tunnel, and no more is read until then
+                self.queue[-1].upgrade_data += data
+                self.pause_reading()
             return  # after an ignored Upgrade (h2c) nothing more is read on this connection
         if self._in_head:
             self._raw_head_bytes += len(data)
@@ -343,12 +346,16 @@ class HttpServerProtocol(asyncio.Protocol):
         upgrade = scan.upgrade
         if upgrade is not None and b"upgrade" in scan.connection:
             ex.keep_alive = False  # llhttp stops parsing after an Upgrade request's head
-            if upgrade.strip().lower() == b"websocket":
+            if ex.body_mode != BODY_NONE:
+                # llhttp hands the body of an Upgrade request over as bytes of the new
+                # protocol: it would never reach an upstream waiting for it. Refused, for
+                # WebSocket (whose handshake is a GET without a body) as for any other.
+                if ex.preset_error is None:
+                    ex.preset_error = BadHttpRequestError("upgrade_with_body")
+            elif upgrade.strip().lower() == b"websocket":
                 ex.upgrade = True
-            elif ex.body_mode != BODY_NONE and ex.preset_error is None:
-                # h2c and other protocols are not relayed (h2c smuggling): the request is
-                # answered as plain HTTP/1.1, which is possible only without a body.
-                ex.preset_error = BadHttpRequestError("upgrade_with_body")
+            # h2c and other protocols are not relayed (h2c smuggling): the request is
+            # answered as plain HTTP/1.1
 
     # ---------------------------------------------------------------- answering
     def _start_pending(self) -> None:
