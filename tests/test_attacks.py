@@ -784,6 +784,37 @@ async def test_header_count_limit_follows_reload(recorder, make_gateway, tmp_pat
     assert len(recorder.seen) == 2
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /public/x HTTP/1.1\r\nHost:\r\n",
+        b"GET /public/x HTTP/1.1\r\nHost: \r\n",
+        b"GET /public/x HTTP/1.1\r\nHost: \t  \t\r\n",
+        b"GET /public/x HTTP/1.0\r\nHost:\r\n",
+        b"GET /admin/x HTTP/1.1\r\nHost:\r\nAuthorization: Bearer TOKEN\r\n",
+    ],
+    ids=["empty", "space", "whitespace", "http10-empty", "token-route"],
+)
+async def test_empty_host_is_refused(recorder, make_gateway, head):
+    """An empty (or blank) Host was forwarded as an empty Host and X-Forwarded-Host; like
+    nginx, the gateway refuses it with 400 and nothing reaches the upstream."""
+    gw = await make_gateway(attack_config(recorder.url))
+    token = await issue(gw)
+    res = await send_raw(gw.port, head.replace(b"TOKEN", token.encode()) + b"\r\n" + SMUGGLED)
+    assert [r.status for r in res.responses] == [400]
+    assert res.first.json()["error"] == "invalid_request"
+    assert res.closed
+    assert recorder.seen == []
+
+
+async def test_http10_without_host_is_still_accepted(recorder, make_gateway):
+    """HTTP/1.0 may omit Host (RFC 9112 3.2 requires it of 1.1 only)."""
+    gw = await make_gateway(attack_config(recorder.url))
+    res = await send_raw(gw.port, b"GET /public/old HTTP/1.0\r\n\r\n")
+    assert res.first.status == 200
+    assert recorder.paths == ["/public/old"]
+
+
 # =========================================================================== 3. header injection
 @pytest.mark.parametrize(
     "sent",
