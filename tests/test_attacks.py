@@ -7,6 +7,7 @@ placement games, appsecret_proof replay and tokens leaking into logs (SPEC secti
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import re
 import time
@@ -720,6 +721,73 @@ async def test_upgrade_with_body_is_refused_before_the_upstream(recorder, make_g
     assert res.first.header("connection") == "close"
     assert res.closed
     assert recorder.seen == []
+
+
+_WS_KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
+_WS_ACCEPT = b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="  # RFC 6455 1.3's example, for _WS_KEY
+_WS_REQUEST = (
+    b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+    b"Sec-WebSocket-Key: " + _WS_KEY + b"\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("request_lines", "answer"),
+    [
+        (_WS_REQUEST, b"HTTP/1.1 101 Switching Protocols\r\n\r\n"),
+        (
+            _WS_REQUEST,
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n",
+        ),
+        (
+            _WS_REQUEST,
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + _WS_ACCEPT + b"\r\n\r\n",
+        ),
+        (
+            b"",
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + _WS_ACCEPT + b"\r\n\r\n",
+        ),
+    ],
+    ids=["bare-101", "wrong-accept", "other-protocol", "101-to-a-plain-request"],
+)
+async def test_upstream_101_without_a_websocket_handshake_opens_no_tunnel(
+    make_gateway, request_lines, answer
+):
+    """WebSocket smuggling: an upstream endpoint that can be made to answer 101 (a status
+    passed through, a health check of a given URL) without performing the client's WebSocket
+    handshake would turn the client connection into a raw tunnel to the upstream, past every
+    check of the gateway. A 101 opens a tunnel only as the answer to the client's WebSocket
+    handshake (`Upgrade: websocket` and the Sec-WebSocket-Accept of its key); else 502."""
+    after_head: list[bytes] = []
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        with contextlib.suppress(ConnectionError):
+            while chunk := await reader.read(65536):
+                after_head.append(chunk)
+        writer.close()
+
+    server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        gw = await make_gateway(attack_config(f"http://127.0.0.1:{port}"))
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(b"GET /public/ws HTTP/1.1\r\nHost: x\r\n" + request_lines + b"\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+        with contextlib.suppress(ConnectionError):
+            writer.write(SMUGGLED)
+            await writer.drain()
+        await asyncio.sleep(0.3)
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 502 "), head
+        assert b"/admin" not in b"".join(after_head)
+    finally:
+        server.close()
 
 
 # ====================================================================== 2b. header fields: count, Host
