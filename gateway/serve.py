@@ -95,6 +95,7 @@ class Gateway:
         for ctx in self._contexts():
             ctx.realm = cfg.realm
             ctx.max_header_bytes = cfg.limits.max_header_bytes
+            ctx.max_header_count = cfg.limits.max_header_count
             ctx.max_url_bytes = cfg.limits.max_url_bytes
             ctx.max_in_flight = cfg.limits.max_in_flight
 

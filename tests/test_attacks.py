@@ -7,6 +7,7 @@ placement games, appsecret_proof replay and tokens leaking into logs (SPEC secti
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import re
 import time
@@ -15,6 +16,7 @@ from typing import Any
 
 import orjson
 import pytest
+import structlog
 from aiohttp import web
 from structlog.testing import capture_logs
 
@@ -690,6 +692,195 @@ async def test_upgrade_on_token_route_without_token_is_401(recorder, make_gatewa
     res = await send_raw(gw.port, raw + SMUGGLED)
     assert res.first.status == 401
     assert recorder.seen == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"Content-Length: 5\r\n\r\nhello",
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ],
+    ids=["content-length", "chunked"],
+)
+@pytest.mark.parametrize("path", [b"/public/ws", b"/admin/ws"])
+async def test_upgrade_with_body_is_refused_before_the_upstream(recorder, make_gateway, path, body):
+    """A WebSocket Upgrade sent as POST with a body was forwarded with its Content-Length but
+    never its body (llhttp hands those bytes over as the new protocol's), and the client got a
+    504 even from an upstream answering at once. It is refused with 400 at once, on public and
+    token routes alike (with a valid token), and nothing reaches the upstream."""
+    gw = await make_gateway(attack_config(recorder.url))
+    token = await issue(gw)
+    raw = (
+        b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Authorization: Bearer " + token.encode() + b"\r\n" + body + SMUGGLED
+    )
+    started = time.monotonic()
+    res = await send_raw(gw.port, raw, expect=2)
+    assert time.monotonic() - started < 1.5
+    assert [r.status for r in res.responses] == [400]
+    assert res.first.header("connection") == "close"
+    assert res.closed
+    assert recorder.seen == []
+
+
+_WS_KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
+_WS_ACCEPT = b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="  # RFC 6455 1.3's example, for _WS_KEY
+_WS_REQUEST = (
+    b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+    b"Sec-WebSocket-Key: " + _WS_KEY + b"\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("request_lines", "answer"),
+    [
+        (_WS_REQUEST, b"HTTP/1.1 101 Switching Protocols\r\n\r\n"),
+        (
+            _WS_REQUEST,
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n",
+        ),
+        (
+            _WS_REQUEST,
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + _WS_ACCEPT + b"\r\n\r\n",
+        ),
+        (
+            b"",
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + _WS_ACCEPT + b"\r\n\r\n",
+        ),
+    ],
+    ids=["bare-101", "wrong-accept", "other-protocol", "101-to-a-plain-request"],
+)
+async def test_upstream_101_without_a_websocket_handshake_opens_no_tunnel(
+    make_gateway, request_lines, answer
+):
+    """WebSocket smuggling: an upstream endpoint that can be made to answer 101 (a status
+    passed through, a health check of a given URL) without performing the client's WebSocket
+    handshake would turn the client connection into a raw tunnel to the upstream, past every
+    check of the gateway. A 101 opens a tunnel only as the answer to the client's WebSocket
+    handshake (`Upgrade: websocket` and the Sec-WebSocket-Accept of its key); else 502."""
+    after_head: list[bytes] = []
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        with contextlib.suppress(ConnectionError):
+            while chunk := await reader.read(65536):
+                after_head.append(chunk)
+        writer.close()
+
+    server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        gw = await make_gateway(attack_config(f"http://127.0.0.1:{port}"))
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(b"GET /public/ws HTTP/1.1\r\nHost: x\r\n" + request_lines + b"\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+        with contextlib.suppress(ConnectionError):
+            writer.write(SMUGGLED)
+            await writer.drain()
+        await asyncio.sleep(0.3)
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 502 "), head
+        assert b"/admin" not in b"".join(after_head)
+    finally:
+        server.close()
+
+
+# ====================================================================== 2b. header fields: count, Host
+def _fields(count: int, method: bytes = b"GET", extra: bytes = b"") -> bytes:
+    """A request head of exactly `count` header fields, Host and `extra`'s lines among them."""
+    own = 1 + extra.count(b"\r\n")
+    lines = b"".join(b"X-F%d: v%d\r\n" % (i, i) for i in range(count - own))
+    return method + b" /public/many HTTP/1.1\r\nHost: x\r\n" + extra + lines + b"\r\n"
+
+
+async def test_header_count_limit(recorder, make_gateway):
+    """limits.max_header_count (default 100): 100 fields reach the upstream, 101 are 431 and
+    never do, whether the names differ or repeat."""
+    gw = await make_gateway(attack_config(recorder.url))
+    res = await send_raw(gw.port, _fields(100))
+    assert res.first.status == 200
+    sent = {n for n, _ in recorder.seen[0]["headers"] if n[:3] == "x-f" and n[3:].isdigit()}
+    assert len(sent) == 99
+    for raw in (
+        _fields(101),
+        b"GET /public/x HTTP/1.1\r\nHost: x\r\n" + b"X-Same: 1\r\n" * 100 + b"\r\n",
+    ):
+        res = await send_raw(gw.port, raw + SMUGGLED)
+        assert [r.status for r in res.responses] == [431]
+        assert res.first.header("connection") == "close"
+        assert res.closed
+    assert len(recorder.seen) == 1
+
+
+async def test_trailer_fields_do_not_count_against_header_count(recorder, make_gateway):
+    """Trailer fields are dropped, never sent upstream: they count against max_header_bytes
+    with the head, not against max_header_count (which bounds the fields kept)."""
+    gw = await make_gateway(attack_config(recorder.url))
+    head = _fields(100, b"POST", b"Transfer-Encoding: chunked\r\nConnection: close\r\n")
+    trailers = b"".join(b"T-%d: t\r\n" % i for i in range(20))
+    res = await send_raw(gw.port, head + b"3\r\nabc\r\n0\r\n" + trailers + b"\r\n")
+    assert res.first.status == 200
+    assert recorder.seen[0]["body"] == "abc"
+    assert not any(n.startswith("t-") for n, _ in recorder.seen[0]["headers"])
+
+
+async def test_header_count_limit_follows_reload(recorder, make_gateway, tmp_path):
+    """A reload applies a new max_header_count like the other limits."""
+    import yaml
+
+    cfg = attack_config(recorder.url, limits={"max_header_count": 10})
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    gw = await make_gateway(cfg, str(path))
+    assert (await send_raw(gw.port, _fields(10))).first.status == 200
+    assert (await send_raw(gw.port, _fields(11))).first.status == 431
+    cfg["limits"]["max_header_count"] = 20
+    path.write_text(yaml.safe_dump(cfg))
+    logging_config = structlog.get_config()
+    try:
+        assert await gw.gateway.reload()
+    finally:  # a reload configures logging for the process: later tests capture debug events
+        structlog.configure(**logging_config)
+    assert gw.gateway.ctx.max_header_count == 20
+    assert (await send_raw(gw.port, _fields(11))).first.status == 200
+    assert (await send_raw(gw.port, _fields(21))).first.status == 431
+    assert len(recorder.seen) == 2
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /public/x HTTP/1.1\r\nHost:\r\n",
+        b"GET /public/x HTTP/1.1\r\nHost: \r\n",
+        b"GET /public/x HTTP/1.1\r\nHost: \t  \t\r\n",
+        b"GET /public/x HTTP/1.0\r\nHost:\r\n",
+        b"GET /admin/x HTTP/1.1\r\nHost:\r\nAuthorization: Bearer TOKEN\r\n",
+    ],
+    ids=["empty", "space", "whitespace", "http10-empty", "token-route"],
+)
+async def test_empty_host_is_refused(recorder, make_gateway, head):
+    """An empty (or blank) Host was forwarded as an empty Host and X-Forwarded-Host; like
+    nginx, the gateway refuses it with 400 and nothing reaches the upstream."""
+    gw = await make_gateway(attack_config(recorder.url))
+    token = await issue(gw)
+    res = await send_raw(gw.port, head.replace(b"TOKEN", token.encode()) + b"\r\n" + SMUGGLED)
+    assert [r.status for r in res.responses] == [400]
+    assert res.first.json()["error"] == "invalid_request"
+    assert res.closed
+    assert recorder.seen == []
+
+
+async def test_http10_without_host_is_still_accepted(recorder, make_gateway):
+    """HTTP/1.0 may omit Host (RFC 9112 3.2 requires it of 1.1 only)."""
+    gw = await make_gateway(attack_config(recorder.url))
+    res = await send_raw(gw.port, b"GET /public/old HTTP/1.0\r\n\r\n")
+    assert res.first.status == 200
+    assert recorder.paths == ["/public/old"]
 
 
 # =========================================================================== 3. header injection

@@ -214,6 +214,27 @@ async def test_pipelined_requests_answered_in_order(echo_upstream, make_gateway)
     assert [b["path"] for b in bodies] == ["/slow/0.2", "/slow/0", "/slow/0.1", "/end"]
 
 
+async def test_requests_dropped_behind_a_closing_answer_are_not_counted(
+    echo_upstream, make_gateway
+):
+    """Pipelined requests behind a `Connection: close` answer are never started: they must
+    not be counted out of the in-flight figure (it went negative, and a drain then waited for
+    it to reach 0 until shutdown_timeout)."""
+    gw = await make_gateway(base_config(echo_upstream.url))
+    raw = (
+        b"GET /slow/0.2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        b"GET /b HTTP/1.1\r\nHost: x\r\n\r\nGET /c HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    out = await raw_exchange(gw.port, raw)
+    assert _responses(out) == [b"HTTP/1.1 200 OK"]
+    for _ in range(50):
+        if not gw.gateway.ctx.connections:
+            break
+        await asyncio.sleep(0.05)
+    assert gw.gateway.ctx.in_flight == 0
+    assert echo_upstream.requests == 1
+
+
 async def test_keep_alive_and_connection_close(echo_upstream, make_gateway):
     """HTTP/1.1 keeps the connection; `Connection: close` and HTTP/1.0 close it after the answer."""
     gw = await make_gateway(base_config(echo_upstream.url))
@@ -283,6 +304,10 @@ async def test_request_version_and_keep_alive_by_connection_headers(
         b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
         b"GET / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost:\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: \t \r\n\r\n",
+        b"GET / HTTP/1.0\r\nHost: \r\n\r\n",
+        b"GET http://x/ HTTP/1.1\r\nHost:\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: x\r\n Folded: y\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: x\r\nBad\x00Name: y\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: x\nX: y\r\n\r\n",
@@ -303,6 +328,10 @@ async def test_request_version_and_keep_alive_by_connection_headers(
         "te-in-http10",
         "two-hosts",
         "no-host",
+        "empty-host",
+        "whitespace-host",
+        "empty-host-http10",
+        "empty-host-absolute-form",
         "obs-fold",
         "nul-in-name",
         "bare-lf",
@@ -531,10 +560,20 @@ async def test_strip_prefix_rewrites_upstream_path(echo_upstream, make_gateway):
         assert (await r.json())["path"] == "/items/7"
 
 
-async def test_websocket_upgrade_is_piped(aiohttp_server, make_gateway):
-    """A WebSocket upgrade is relayed and frames flow both ways."""
+class WsUpstream:
+    """A WebSocket echo server on /ws (any method): counts the requests it got."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.requests = 0
+
+
+@pytest.fixture
+async def ws_upstream(aiohttp_server: Any) -> WsUpstream:
+    state = WsUpstream()
 
     async def ws_handler(request: web.Request) -> web.WebSocketResponse:
+        state.requests += 1
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         async for msg in ws:
@@ -542,14 +581,71 @@ async def test_websocket_upgrade_is_piped(aiohttp_server, make_gateway):
         return ws
 
     app = web.Application()
-    app.router.add_get("/ws", ws_handler)
+    app.router.add_route("*", "/ws", ws_handler)
     server = await aiohttp_server(app)
-    gw = await make_gateway(base_config(f"http://127.0.0.1:{server.port}"))
+    state.url = f"http://127.0.0.1:{server.port}"
+    return state
+
+
+_WS_HANDSHAKE = (
+    b"Host: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+)
+#: a masked text frame "hi" (a client's frames are masked, RFC 6455 5.3)
+_WS_FRAME = bytes([0x81, 0x82, 1, 2, 3, 4, ord("h") ^ 1, ord("i") ^ 2])
+
+
+async def test_websocket_upgrade_is_piped(ws_upstream, make_gateway):
+    """A WebSocket upgrade is relayed and frames flow both ways."""
+    gw = await make_gateway(base_config(ws_upstream.url))
     async with aiohttp.ClientSession() as s, s.ws_connect(gw.url + "/ws") as ws:
         for word in ("a", "b" * 70000):
             await ws.send_str(word)
             msg = await ws.receive(timeout=3)
             assert msg.data == "echo:" + word
+
+
+@pytest.mark.parametrize("length", [b"", b"Content-Length: 0\r\n"], ids=["no-body", "cl-0"])
+async def test_websocket_upgrade_on_raw_socket(ws_upstream, make_gateway, length):
+    """A raw GET handshake (`Content-Length: 0` is no body) gets the upstream's 101, and a
+    frame sent right after it travels through the tunnel."""
+    gw = await make_gateway(base_config(ws_upstream.url))
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    writer.write(b"GET /ws HTTP/1.1\r\n" + _WS_HANDSHAKE + length + b"\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+    assert head.startswith(b"HTTP/1.1 101 ")
+    assert b"sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=" in head.lower()
+    writer.write(_WS_FRAME)
+    frame = await asyncio.wait_for(reader.readexactly(9), 3)
+    assert frame == b"\x81\x07echo:hi"  # an unmasked text frame from the server
+    writer.close()
+    assert ws_upstream.requests == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"Content-Length: 5\r\n\r\nhello",
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ],
+    ids=["content-length", "chunked"],
+)
+@pytest.mark.parametrize("method", [b"POST", b"GET"])
+async def test_websocket_upgrade_with_body_is_refused_at_once(
+    ws_upstream, make_gateway, method, body
+):
+    """An Upgrade request with a body: llhttp hands the body over as bytes of the new protocol,
+    so the upstream would wait for a body never sent (the client got a 504). Refused with 400
+    at once, before any upstream is asked; a frame sent behind it is never relayed."""
+    gw = await make_gateway(base_config(ws_upstream.url))
+    started = asyncio.get_running_loop().time()
+    out = await raw_exchange(
+        gw.port, method + b" /ws HTTP/1.1\r\n" + _WS_HANDSHAKE + body + _WS_FRAME
+    )
+    assert asyncio.get_running_loop().time() - started < 1.5
+    assert _status(out) == 400
+    assert b"connection: close" in out.lower()
+    assert ws_upstream.requests == 0
 
 
 async def test_admin_endpoints(echo_upstream, make_gateway):
@@ -615,8 +711,8 @@ async def test_large_head_split_across_reads_is_accepted(echo_upstream, make_gat
     gw = await make_gateway(base_config(echo_upstream.url))
     reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
     head = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(
-        b"X-H%d: %s\r\n" % (i, b"v" * 100) for i in range(110)
-    )
+        b"X-H%d: %s\r\n" % (i, b"v" * 140) for i in range(90)
+    )  # 92 fields: under max_header_count too
     assert 11_000 < len(head) < 16 * 1024
     writer.write(head[:200])
     await writer.drain()

@@ -40,6 +40,7 @@ class ClientConnection(asyncio.Protocol):
         #: Authorization value, its token and digest, so that a keep-alive client resending it
         #: is neither parsed nor hashed again.
         self.token_memo: KnownBearer | None = None
+        #: no more requests are read, started or answered (closing, lingering, or gone)
         self.closed = False
 
     @property
@@ -190,6 +191,7 @@ class Exchange:
         "producer",
         "response_started",
         "route",
+        "started",
         "started_at",
         "status",
         "upgrade_data",
@@ -209,6 +211,7 @@ class Exchange:
         self.preset_error = preset_error
         self.client_ip = conn.client_ip
         self.started_at = time.monotonic()
+        self.started = False  # handed to the handler (counted in flight)
         self.body_mode = BODY_NONE
         self.content_length = 0
         self.body_received = 0

@@ -1,6 +1,6 @@
 """Interpreting a request head: one pass over the headers collects what the server needs
 (target forms, keep-alive, framing) and the smuggling checks llhttp leaves to us (CL with TE,
-duplicate CL, TE other than exactly `chunked`, missing or repeated Host)."""
+duplicate CL, TE other than exactly `chunked`, missing, empty or repeated Host)."""
 
 from __future__ import annotations
 
@@ -91,6 +91,10 @@ class HeadScan:
         if not path.startswith(b"/"):
             return BadHttpRequestError("bad_request_target")
         if self.host_count > 1 or (version == b"1.1" and not self.host_count):
+            return BadHttpRequestError("bad_host_header")
+        if self.host_count and not self.host:
+            # an empty Host (nginx: 400), in any version; llhttp strips leading whitespace, so
+            # one of only spaces and tabs arrives empty too. HTTP/1.0 may still omit it.
             return BadHttpRequestError("bad_host_header")
         te, cl = self.te, self.cl
         if self.te_count and (

@@ -49,10 +49,19 @@ class ServerContext:
     scheme: str = "http"  # what clients used to reach this listener (X-Forwarded-Proto)
     realm: str = "gateway"
     max_header_bytes: int = 16 * 1024
+    max_header_count: int = 100
     max_url_bytes: int = 8 * 1024
     max_in_flight: int = 10_000
     keepalive_timeout: float = 75.0
     header_timeout: float = 30.0
+    #: Lingering close (nginx's lingering_close): when an answer ends a connection whose client
+    #: may still be sending (a refused head or body, unread pipelined bytes), the write side is
+    #: shut after the answer and what the client still sends is read and dropped, at most
+    #: `linger_time` in all, `linger_timeout` between reads and `linger_max_bytes`; then close.
+    #: Closing with unread bytes would make the kernel send RST, and the client lose the answer.
+    linger_time: float = 5.0
+    linger_timeout: float = 2.0
+    linger_max_bytes: int = 16 * 1024 * 1024
     in_flight: int = 0
     draining: bool = False
     #: set when in_flight drops to 0 while draining (drain() clears it before waiting)
@@ -82,6 +91,9 @@ class HttpServerProtocol(ClientConnection):
         self._in_trailers = False
         self._read_paused = False
         self._write_paused = False
+        self._lingering = False  # see ServerContext.linger_time
+        self._linger_bytes = 0
+        self._linger_end = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._idle_deadline = 0.0
         self._body_waiters: dict[Exchange, asyncio.Future[None]] = {}
@@ -101,20 +113,30 @@ class HttpServerProtocol(ClientConnection):
             self._timer.cancel()
         if self.tunnel is not None:
             self.tunnel.close()
+        self._drop_requests()  # the client went away: stop the upstream exchanges too
+
+    def _drop_requests(self) -> None:
+        """End the requests still queued on this connection: they will not be answered."""
         for ex in list(self.queue):
-            ex.client_gone()  # the client went away: stop the upstream exchange too
+            ex.client_gone()
+        self.queue.clear()
         for fut in self._body_waiters.values():
             if not fut.done():
                 fut.set_result(None)
-        self.queue.clear()
+        self._body_waiters.clear()
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
             self.tunnel.write(data)
             return
         if self._parsing_stopped:
-            if self.queue and self.queue[-1].head.upgrade:
-                self.queue[-1].upgrade_data += data  # before the tunnel is up
+            if self._lingering:
+                self._discard(len(data))
+            elif self.queue and self.queue[-1].head.upgrade:
+                # before the tunnel is up (a WebSocket client waits for the 101 before it
+                # sends): kept for the tunnel, and no more is read until then
+                self.queue[-1].upgrade_data += data
+                self.pause_reading()
             return  # after an ignored Upgrade (h2c) nothing more is read on this connection
         if self._in_head:
             self._raw_head_bytes += len(data)
@@ -147,7 +169,8 @@ class HttpServerProtocol(ClientConnection):
 
     def eof_received(self) -> bool | None:
         # A client that stops sending has gone away as far as a proxy can tell (nginx's 499):
-        # close, which cancels the upstream exchange in connection_lost.
+        # close, which cancels the upstream exchange in connection_lost. A lingering
+        # connection ends here too: the client has sent all it had.
         return False
 
     def pause_writing(self) -> None:
@@ -193,7 +216,7 @@ class HttpServerProtocol(ClientConnection):
             self.transport.close()
 
     def abort(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None:  # also a closing or lingering one (drain, shutdown)
             self.transport.abort()
 
     def _arm_timer(self, seconds: float) -> None:
@@ -230,14 +253,25 @@ class HttpServerProtocol(ClientConnection):
             raise UriTooLongError("url_over_limit")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        ctx = self.ctx
         self._header_bytes += len(name) + len(value) + 4
-        if self._header_bytes > self.ctx.max_header_bytes:
+        if self._header_bytes > ctx.max_header_bytes:
             raise HeadersTooLargeError("headers_over_limit")
         if self._in_trailers:
-            return  # chunked trailer fields are never merged into the head (RFC 9110 6.5.1)
-        self._headers.append((wire.lower_name(name), value))
+            # chunked trailer fields are never merged into the head (RFC 9110 6.5.1): they
+            # count against max_header_bytes with the head, not against max_header_count,
+            # which bounds the fields kept and sent upstream
+            return
+        headers = self._headers
+        if len(headers) >= ctx.max_header_count:
+            raise HeadersTooLargeError("too_many_headers")
+        headers.append((wire.lower_name(name), value))
 
     def on_headers_complete(self) -> None:
+        if self.closed:
+            # the connection was closed by an answer given while this read was being parsed
+            # (a body over its limit): what follows is never a request
+            raise BadHttpRequestError("request_after_close")
         self._in_head = False
         self._in_trailers = True
         ex = self._new_exchange()
@@ -290,7 +324,8 @@ class HttpServerProtocol(ClientConnection):
         upgrade = scan.upgrade
         if upgrade is not None and b"upgrade" in scan.connection:
             keep_alive = False  # llhttp stops parsing after an Upgrade request's head
-            websocket = upgrade.strip().lower() == b"websocket"
+            # a WebSocket handshake has no body (one with a body is refused below)
+            websocket = upgrade.strip().lower() == b"websocket" and not _has_body(scan)
         else:
             websocket = False
         head = RequestHead(
@@ -330,12 +365,13 @@ class HttpServerProtocol(ClientConnection):
         if (
             scan.upgrade is not None
             and b"upgrade" in scan.connection
-            and not ex.head.upgrade
             and ex.body_mode != BODY_NONE
             and ex.preset_error is None
         ):
-            # h2c and other protocols are not relayed (h2c smuggling): the request is
-            # answered as plain HTTP/1.1, which is possible only without a body.
+            # llhttp hands the body of an Upgrade request over as bytes of the new protocol:
+            # it would never reach an upstream waiting for it. Refused, for WebSocket (whose
+            # handshake is a GET without a body) as for any other; h2c and other protocols
+            # are never relayed (h2c smuggling), a bodyless request is answered as HTTP/1.1.
             ex.preset_error = BadHttpRequestError("upgrade_with_body")
 
     # ---------------------------------------------------------------- answering
@@ -348,6 +384,7 @@ class HttpServerProtocol(ClientConnection):
         """Hand the exchange to the handler: the fast path answers without a task."""
         if ex.ended or self.closed:
             return
+        ex.started = True
         self.ctx.in_flight += 1
         try:
             self.ctx.handler(ex)
@@ -356,6 +393,8 @@ class HttpServerProtocol(ClientConnection):
             ex.abort()
 
     def exchange_ended(self, ex: Exchange) -> None:
+        if not ex.started:
+            return  # queued behind another answer and dropped: never counted
         ctx = self.ctx
         ctx.in_flight -= 1
         if ctx.in_flight == 0 and ctx.draining:
@@ -367,8 +406,13 @@ class HttpServerProtocol(ClientConnection):
             return
         self.queue.popleft()
         if not ex.keep_alive or self.ctx.draining:
-            if self.transport is not None and not self.closed:
-                self.transport.close()
+            transport = self.transport
+            if transport is not None and not self.closed:
+                if self._client_may_be_sending(ex):
+                    self._linger(transport)
+                else:
+                    self.closed = True
+                    transport.close()
             return
         if self.queue:
             self.loop.call_soon(self._start, self.queue[0])  # not recursively: pipelines are long
@@ -377,9 +421,61 @@ class HttpServerProtocol(ClientConnection):
         if self.current is None or not self.queue:
             self.resume_reading()
 
+    def _client_may_be_sending(self, ex: Exchange) -> bool:
+        """Whether closing now could leave bytes of the client unread: after an error answer,
+        a request body not read to its end, a broken or stopped parse, or pipelined requests."""
+        return (
+            ex.error is not None
+            or not ex.body_complete
+            or ex.body_error is not None
+            or self._parsing_stopped
+            or self._in_head
+            or self.current is not None
+            or bool(self.queue)
+        )
+
+    def _linger(self, transport: asyncio.Transport) -> None:
+        """Lingering close: the answer is out (FIN after it where the transport can half-close;
+        TLS cannot), what the client still sends is read and dropped, never parsed, within
+        the ServerContext.linger_* bounds; then the connection closes (see data_received)."""
+        self.closed = True
+        self._drop_requests()  # pipelined requests behind this answer are not answered
+        self._lingering = self._parsing_stopped = True
+        self.current = self._pending = None
+        self._in_head = False
+        if transport.is_closing():
+            return
+        if transport.can_write_eof():
+            try:
+                transport.write_eof()
+            except (OSError, RuntimeError):  # the peer has gone already
+                transport.close()
+                return
+        ctx = self.ctx
+        self._linger_end = self.loop.time() + ctx.linger_time
+        if self._timer is not None:
+            self._timer.cancel()  # it may be set later than the lingering bounds
+            self._timer = None
+        self._arm_timer(min(ctx.linger_timeout, ctx.linger_time))
+        self._read_paused = False
+        transport.resume_reading()
+
+    def _discard(self, size: int) -> None:
+        """Bytes read while lingering: counted against the bounds, dropped."""
+        self._linger_bytes += size
+        ctx = self.ctx
+        if self._linger_bytes > ctx.linger_max_bytes:
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self._idle_deadline = min(self.loop.time() + ctx.linger_timeout, self._linger_end)
+
     def _parse_failed(self, exc: GatewayError) -> None:
         """A request could not be parsed: answer it in turn, then close."""
+        if self.closed:
+            return  # the bytes came after the connection's last answer
         self.pause_reading()
+        self._parsing_stopped = True  # llhttp stays in its error state: never fed again
         self._in_head = False
         if self.current is not None and self.current in self.queue:
             ex = self.current  # failure inside a body: its own handler sees the error
@@ -423,3 +519,9 @@ def make_protocol_factory(ctx: ServerContext) -> Callable[[], HttpServerProtocol
         return HttpServerProtocol(ctx)
 
     return factory
+
+
+def _has_body(scan: HeadScan) -> bool:
+    """Whether the head announces a body (chunked, or a Content-Length above 0)."""
+    cl = scan.cl
+    return scan.te_count > 0 or (cl is not None and cl.isdigit() and int(cl) > 0)

@@ -7,6 +7,8 @@ An UpstreamConnection relays one exchange at a time: it writes the request head 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, cast
@@ -26,6 +28,29 @@ _RESPONSE_SPECIAL: Final = wire.HOP_BY_HOP | {b"content-length", b"x-request-id"
 _CONNECTION_OPTIONS: Final = frozenset({b"close", b"keep-alive"})
 _NO_TOKENS: Final[frozenset[bytes]] = frozenset()
 _JOIN_LIMIT: Final = 64 * 1024  # below this, pieces are joined into one write; above, writelines
+_WEBSOCKET_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 1.3
+
+
+def websocket_accepted(ex: Exchange, headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a 101 with these headers answers the client's WebSocket handshake (RFC 6455
+    4.2.2): the client asked for it, and the answer names `websocket` and carries the
+    Sec-WebSocket-Accept of the client's key."""
+    if not ex.head.upgrade:
+        return False
+    key = ex.head.header(b"sec-websocket-key")
+    upgrade: bytes | None = None
+    accept: bytes | None = None
+    for name, value in headers:
+        if name == b"upgrade":
+            upgrade = value
+        elif name == b"sec-websocket-accept":
+            accept = value
+    if key is None or upgrade is None or accept is None:
+        return False
+    if upgrade.strip().lower() != b"websocket":
+        return False
+    digest = hashlib.sha1(key.strip() + _WEBSOCKET_GUID, usedforsecurity=False).digest()
+    return accept.strip() == base64.b64encode(digest)
 
 
 class UpstreamResetError(UpstreamError):
@@ -311,6 +336,14 @@ class UpstreamConnection(asyncio.Protocol):
     def _upgraded(self, rest: bytes) -> None:
         ex = self.ex
         if ex is None or self.transport is None or ex.conn.closed:
+            self.close()
+            return
+        if not websocket_accepted(ex, self._headers):
+            # WebSocket smuggling: a 101 that is not the answer to this client's handshake
+            # (an endpoint made to answer 101, or to a request that asked for no upgrade)
+            # would make the client connection a raw tunnel to the upstream, past every check
+            self._headers = []
+            self._fail(UpstreamError("upstream_bad_upgrade"))
             self.close()
             return
         self.pool.idle_again(self)
