@@ -41,11 +41,91 @@ class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ListenerTlsConfig(Model):
+    """TLS on a listener (`listen.tls`, `forward_auth.tls`, `admin.tls`): TLS 1.2 and 1.3 only,
+    forward-secret AEAD cipher suites only, ALPN `http/1.1`. The certificate and key are re-read
+    when their files change and on SIGHUP; a pair that does not load is refused with a logged
+    error and the old one keeps serving. Absent: plain HTTP."""
+
+    cert_file: str = Field(
+        description="PEM certificate chain, leaf first then intermediates.",
+        examples=["/etc/gateway/tls/tls.crt"],
+    )
+    key_file: str = Field(
+        description="PEM private key of the leaf certificate.",
+        examples=["/etc/gateway/tls/tls.key"],
+    )
+    min_version: Literal["1.2", "1.3"] = Field(
+        "1.2", description="Lowest TLS version offered: `1.2` or `1.3`; never lower."
+    )
+    client_ca_file: str | None = Field(
+        None,
+        description="PEM CA certificates that client certificates must chain to; set, the "
+        "listener asks clients for a certificate (mTLS) and passes a verified one upstream as "
+        "`X-Forwarded-Client-Cert`.",
+        examples=["/etc/gateway/tls/clients.pem"],
+    )
+    client_auth: Literal["optional", "required"] | None = Field(
+        None,
+        description="`optional` (the default with `client_ca_file`): a client may present a "
+        "certificate; `required`: a client without a valid one never completes the handshake.",
+    )
+
+    @model_validator(mode="after")
+    def _client_auth_needs_ca(self) -> ListenerTlsConfig:
+        if self.client_auth is not None and self.client_ca_file is None:
+            raise ValueError("`client_auth` needs `client_ca_file`")
+        return self
+
+    @property
+    def verify_clients(self) -> Literal["optional", "required"] | None:
+        """How client certificates are asked for; None: they are not."""
+        if self.client_ca_file is None:
+            return None
+        return self.client_auth or "optional"
+
+
+class ClientTlsConfig(Model):
+    """TLS towards an `https://` upstream or identity provider: whom to trust, the name to
+    verify, and an optional client certificate (upstream mTLS, RFC 8705 `tls_client_auth`).
+    Certificate files are re-read when they change and on SIGHUP."""
+
+    ca_file: str | None = Field(
+        None,
+        description="PEM CA certificates to trust; default: the system trust store.",
+        examples=["/etc/gateway/upstream-ca.pem"],
+    )
+    server_name: str | None = Field(
+        None,
+        description="The name sent as SNI and verified in the certificate; default: the "
+        "target's host.",
+        examples=["billing.internal"],
+    )
+    cert_file: str | None = Field(
+        None, description="PEM client certificate chain (give `key_file` too)."
+    )
+    key_file: str | None = Field(None, description="PEM private key of `cert_file`.")
+    insecure_skip_verify: bool = Field(
+        False,
+        description="`true`: the peer's certificate is not verified at all (logged as a "
+        "warning at every start and reload). For tests only.",
+    )
+
+    @model_validator(mode="after")
+    def _pair(self) -> ClientTlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("give both `cert_file` and `key_file`, or neither")
+        return self
+
+
 class ListenConfig(Model):
     """The main listener: proxied requests and the session endpoint. Read at start only."""
 
     host: str = Field("0.0.0.0", description="Address to bind (IPv4 or IPv6).")
     port: int = Field(8080, ge=0, le=65535, description="TCP port; `0` picks a free one.")
+    tls: ListenerTlsConfig | None = Field(
+        None, description="TLS on this listener (HTTPS); absent: plain HTTP."
+    )
 
 
 class AdminConfig(Model):
@@ -57,6 +137,9 @@ class AdminConfig(Model):
         description="Address to bind. Nothing on it is authenticated: keep it private.",
     )
     port: int = Field(9901, ge=0, le=65535, description="TCP port; `0` picks a free one.")
+    tls: ListenerTlsConfig | None = Field(
+        None, description="TLS on the admin listener; absent: plain HTTP."
+    )
 
 
 class ForwardAuthConfig(Model):
@@ -66,6 +149,9 @@ class ForwardAuthConfig(Model):
 
     host: str = Field("127.0.0.1", description="Address to bind.")
     port: int = Field(9902, ge=0, le=65535, description="TCP port; `0` picks a free one.")
+    tls: ListenerTlsConfig | None = Field(
+        None, description="TLS on the decision listener; absent: plain HTTP."
+    )
 
 
 class LogConfig(Model):
