@@ -8,6 +8,7 @@ pytest_plugins = [
     "tests.fixtures.servers",
     "tests.fixtures.process",
     "tests.fixtures.pki",
+    "tests.fixtures.tls_servers",
 ]
 
 # Property tests judge results, not speed: no per-example deadline (a loaded CI machine would

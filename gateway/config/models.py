@@ -86,9 +86,11 @@ class ListenerTlsConfig(Model):
 
 
 class ClientTlsConfig(Model):
-    """TLS towards an `https://` upstream or identity provider: whom to trust, the name to
-    verify, and an optional client certificate (upstream mTLS, RFC 8705 `tls_client_auth`).
-    Certificate files are re-read when they change and on SIGHUP."""
+    """TLS towards an `https://` upstream, an identity provider or a `rediss://` Redis: whom to
+    trust, the name to verify, and an optional client certificate (upstream mTLS, RFC 8705
+    `tls_client_auth`). Certificate files are re-read when they change and on SIGHUP: new
+    connections use them, open ones are kept; files that do not load are refused with a logged
+    error and the old ones keep serving."""
 
     ca_file: str | None = Field(
         None,
@@ -97,8 +99,8 @@ class ClientTlsConfig(Model):
     )
     server_name: str | None = Field(
         None,
-        description="The name sent as SNI and verified in the certificate; default: the "
-        "target's host.",
+        description="The name sent as SNI and verified in the certificate; default: the host "
+        "of the URL (an IP address is matched against the certificate's IP addresses).",
         examples=["billing.internal"],
     )
     cert_file: str | None = Field(
@@ -218,6 +220,13 @@ class RedisConfig(Model):
         "gw:", description="Prepended to every key and channel the gateway uses."
     )
     cluster: bool = Field(False, description="Connect in Redis Cluster mode.")
+    tls: ClientTlsConfig | None = Field(
+        None,
+        description="For a `rediss://` URL: the CA to trust (default: the system trust "
+        "store), the name to verify (default: the URL's host; not with `cluster`), a client "
+        "certificate (Redis `tls-auth-clients`). A certificate that does not verify makes "
+        "Redis unavailable (503 for tokens only it could judge), never a 401.",
+    )
 
     @field_validator("url")
     @classmethod
@@ -225,6 +234,15 @@ class RedisConfig(Model):
         if not v.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
             raise ValueError("must start with redis://, rediss://, unix:// or redis+sentinel://")
         return v
+
+    @model_validator(mode="after")
+    def _tls_needs_rediss(self) -> RedisConfig:
+        if self.tls is not None:
+            if not self.url.startswith("rediss://"):
+                raise ValueError("`tls` applies to a rediss:// URL only")
+            if self.cluster and self.tls.server_name is not None:
+                raise ValueError("`tls.server_name` is not supported with `cluster: true`")
+        return self
 
 
 class StoreSource(Model):
@@ -266,6 +284,17 @@ class JwtSource(Model):
     )
     leeway: Duration = Field(30.0, description="Clock skew allowed on `exp`, `nbf` and `iat`.")
     timeout: Duration = Field(2.0, description="Timeout of a JWKS fetch.")
+    tls: ClientTlsConfig | None = Field(
+        None,
+        description="TLS towards an `https://` `jwks_url`: the CA to trust (default: the "
+        "system trust store), the name to verify, a client certificate. A certificate that "
+        "does not verify is a source outage (503), never a 401.",
+    )
+
+    @model_validator(mode="after")
+    def _tls_needs_https(self) -> JwtSource:
+        _check_source_tls(self.tls, (self.jwks_url,))
+        return self
 
 
 class IntrospectionSource(Model):
@@ -279,13 +308,16 @@ class IntrospectionSource(Model):
         examples=["https://idp.example/oauth2/introspect"],
     )
     client_id: str = Field(description="The gateway's client id at the authorization server.")
-    client_secret: SecretStr = Field(
-        description="The gateway's client secret; usually `client_secret_file` or `${NAME}`."
+    client_secret: SecretStr | None = Field(
+        None,
+        description="The gateway's client secret; usually `client_secret_file` or `${NAME}`. "
+        "Required unless `auth_method` is `tls_client_auth`.",
     )
-    auth_method: Literal["client_secret_basic", "client_secret_post"] = Field(
+    auth_method: Literal["client_secret_basic", "client_secret_post", "tls_client_auth"] = Field(
         "client_secret_basic",
-        description="How the gateway authenticates: HTTP Basic, or `client_id` and "
-        "`client_secret` in the form body.",
+        description="How the gateway authenticates: HTTP Basic, `client_id` and "
+        "`client_secret` in the form body, or `tls_client_auth` (RFC 8705: the client "
+        "certificate of `tls`, with `client_id` in the form body and no secret).",
     )
     timeout: Duration = Field(2.0, description="Timeout of one introspection call.")
     revocation_url: str | None = Field(
@@ -293,6 +325,31 @@ class IntrospectionSource(Model):
         description="RFC 7009 revocation endpoint, called (with retries, in the background) "
         "when a token is revoked through the gateway; unset: not called.",
     )
+    tls: ClientTlsConfig | None = Field(
+        None,
+        description="TLS towards `https://` `url` and `revocation_url`: the CA to trust "
+        "(default: the system trust store), the name to verify, a client certificate (for "
+        "`tls_client_auth`, or an IdP that asks for one). A certificate that does not verify "
+        "is a source outage (503), never a 401.",
+    )
+
+    @model_validator(mode="after")
+    def _credentials(self) -> IntrospectionSource:
+        urls = (self.url,) if self.revocation_url is None else (self.url, self.revocation_url)
+        _check_source_tls(self.tls, urls)
+        if self.auth_method == "tls_client_auth":
+            if self.tls is None or self.tls.cert_file is None:
+                raise ValueError("`tls_client_auth` needs `tls.cert_file` and `tls.key_file`")
+            if self.client_secret is not None:
+                raise ValueError("`tls_client_auth` sends no `client_secret`: remove it")
+        elif self.client_secret is None:
+            raise ValueError(f"`{self.auth_method}` needs `client_secret`")
+        return self
+
+
+def _check_source_tls(tls: ClientTlsConfig | None, urls: tuple[str, ...]) -> None:
+    if tls is not None and not any(u.startswith("https://") for u in urls):
+        raise ValueError("`tls` applies to https:// URLs only")
 
 
 Source = Annotated[StoreSource | JwtSource | IntrospectionSource, Field(discriminator="type")]
@@ -409,15 +466,22 @@ class UpstreamConfig(Model):
 
     url: str | None = Field(
         None,
-        description="`http://host[:port][/path]`: the one target. A path is prepended to every "
-        "request path.",
-        examples=["http://127.0.0.1:9000"],
+        description="`http://host[:port][/path]` or `https://...`: the one target. A path is "
+        "prepended to every request path.",
+        examples=["http://127.0.0.1:9000", "https://billing.internal:8443"],
     )
     targets: tuple[str, ...] | None = Field(
         None,
-        description="Several `http://` URLs instead of `url`: round-robin, and a refused "
-        "connection tries the next one.",
+        description="Several URLs instead of `url`, all `http://` or all `https://`: "
+        "round-robin, and a refused connection tries the next one.",
         examples=[["http://orders-1:8000", "http://orders-2:8000"]],
+    )
+    tls: ClientTlsConfig | None = Field(
+        None,
+        description="For `https://` targets: the CA to trust (default: the system trust store), "
+        "the name to verify, a client certificate (upstream mTLS). A certificate that does "
+        "not verify, or a failed handshake, is a 502 (reason `upstream_tls`), never a retry "
+        "over plain HTTP. Only with `https://` targets.",
     )
     connect_timeout: Duration = Field(2.0, description="Connecting to a target; exceeded -> 504.")
     timeout: Duration = Field(
@@ -441,9 +505,22 @@ class UpstreamConfig(Model):
         if self.targets is not None and not self.targets:
             raise ValueError("`targets` cannot be empty")
         for t in self.all_targets:
-            if not re.match(r"^http://[^/?#\s]+(/[^?#\s]*)?$", t):
-                raise ValueError(f"target {t!r} must be an http:// URL (host[:port][/path])")
+            if not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", t):
+                raise ValueError(
+                    f"target {t!r} must be an http:// or https:// URL (host[:port][/path])"
+                )
+        schemes = {t.partition(":")[0] for t in self.all_targets}
+        if len(schemes) > 1:
+            # a failover from an https target to an http one would be a retry over plain HTTP
+            raise ValueError("targets must be all http:// or all https://")
+        if self.tls is not None and schemes != {"https"}:
+            raise ValueError("`tls` applies to https:// targets only")
         return self
+
+    @property
+    def https(self) -> bool:
+        """Whether the targets are `https://` ones."""
+        return self.all_targets[0].startswith("https://")
 
     @property
     def all_targets(self) -> tuple[str, ...]:
