@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import shutil
 import ssl
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -450,3 +452,24 @@ def test_tls_failures_are_told_apart_from_refusals() -> None:
     assert isinstance(ConnectionResetError(), pool._TLS_FAILURES)
     assert not isinstance(ConnectionRefusedError(), pool._TLS_FAILURES)
     assert not isinstance(OSError(113, "no route"), pool._TLS_FAILURES)
+
+
+def test_serve_with_an_upstream_ca_that_does_not_load_exits_2(tmp_path: Path) -> None:
+    """`gateway serve` with a TLS file that does not load: exit 2 and the key path, no
+    traceback (like any config error)."""
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate")
+    cfg = tls_config("https://127.0.0.1:9", ca_file=str(bad))
+    cfg["admin"] = None
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "upstreams.api.tls: cannot load TLS files" in done.stderr
+    assert "Traceback" not in done.stderr
