@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -473,3 +474,50 @@ def test_serve_with_an_upstream_ca_that_does_not_load_exits_2(tmp_path: Path) ->
     assert done.returncode == 2, done.stderr
     assert "upstreams.api.tls: cannot load TLS files" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+async def test_real_process_with_uvloop_reloads_upstream_tls_and_reuses_connections(
+    pki, tls_upstream, gateway_process
+):
+    """`gateway serve` (uvloop, compiled build): an https upstream verified against the
+    system store is a 502; after SIGHUP with `tls.ca_file`, requests pass over one reused TLS
+    connection; a plain-TCP server on an https target is a 502 at once."""
+    up = await tls_upstream(pki.server)
+    gp = await gateway_process(up.url)
+    status, body = await get(gp.url + "/x")
+    assert (status, body["error"]) == (502, "bad_gateway")
+
+    gp.config["upstreams"]["api"]["tls"] = {"ca_file": pki.ca_file}
+    gp.write()
+    assert gp.proc is not None
+    gp.proc.send_signal(signal.SIGHUP)
+    for _ in range(60):
+        await asyncio.sleep(0.1)
+        status, _ = await get(gp.url + "/x")
+        if status == 200:
+            break
+    assert status == 200
+    async with aiohttp.ClientSession() as s:
+        for i in range(5):
+            async with s.get(f"{gp.url}/n/{i}") as r:
+                assert r.status == 200
+    assert up.connections == 1
+
+    async def plain(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        writer.close()
+
+    server = await asyncio.start_server(plain, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        gp.config["upstreams"]["api"]["url"] = f"https://127.0.0.1:{port}"
+        gp.write()
+        gp.proc.send_signal(signal.SIGHUP)
+        await asyncio.sleep(0.5)
+        status, body = await get(gp.url + "/x")
+        assert (status, body["error"]) == (502, "bad_gateway")
+    finally:
+        server.close()
+    log = gp.log.read_text()
+    assert "unable to get local issuer certificate" in log  # the first episode's detail
+    assert "connection closed during the TLS handshake" in log  # uvloop's reset, told apart
