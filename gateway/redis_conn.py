@@ -31,7 +31,7 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
 from gateway.config.models import ClientTlsConfig, RedisConfig
-from gateway.tls import ReloadingTls, client_tls
+from gateway.tls import ReloadingTls, client_context, client_files
 
 T = TypeVar("T")
 log = structlog.get_logger()
@@ -197,6 +197,20 @@ class TlsConnection(SSLConnection):
         }
 
 
+def _redis_tls(cfg: ClientTlsConfig | None) -> ReloadingTls:
+    """The reloading client context of `redis.tls` (ConfigError when its files do not load);
+    warns when verification is off. No ALPN: Redis speaks RESP, not HTTP/1.1."""
+    if cfg is not None and cfg.insecure_skip_verify:
+        log.warning("tls_verification_disabled", tls="redis.tls")
+
+    def build() -> ssl.SSLContext:
+        ctx = client_context(cfg)
+        ctx.set_alpn_protocols([])
+        return ctx
+
+    return ReloadingTls("redis.tls", client_files(cfg), build)
+
+
 def _cluster_tls_kwargs(cfg: ClientTlsConfig | None) -> dict[str, Any]:
     """redis-py's own TLS parameters (cluster mode builds its connections itself)."""
     if cfg is None:
@@ -264,7 +278,7 @@ def connect_redis(
         client = cast(Redis, RedisCluster.from_url(cfg.url, **kwargs))
     else:
         if rediss:
-            tls = client_tls("redis.tls", cfg.tls)
+            tls = _redis_tls(cfg.tls)
             server_name = cfg.tls.server_name if cfg.tls is not None else None
             kwargs.update(connection_class=TlsConnection, gateway_tls=tls, server_name=server_name)
         # A blocking pool: past POOL_SIZE concurrent commands, callers wait for a connection
