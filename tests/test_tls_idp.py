@@ -129,13 +129,24 @@ async def test_jwks_over_tls(make_validator, tls_idp, pki):
     assert tls_idp.jwks_fetches == 1
 
 
-async def test_jwks_untrusted_through_the_gateway_is_503(make_gateway, echo_upstream, tls_idp, pki):
-    """A JWT whose issuer's JWKS cannot be fetched over a trusted connection: 503."""
+async def test_jwks_through_the_gateway_503_when_untrusted_200_when_trusted(
+    make_gateway, echo_upstream, tls_idp, pki
+):
+    """A JWT whose issuer's JWKS cannot be fetched over a trusted connection: 503; with the
+    right CA: 200."""
     token = tls_idp.sign(tls_idp.claims())
     source = tls_idp.jwt_source(tls={"ca_file": pki.other_ca_file})
     gw = await make_gateway(token_config(echo_upstream.url, source))
     status, body, _ = await call(gw.url + "/x", token)
     assert (status, body["error"]) == (503, "temporarily_unavailable")
+    assert echo_upstream.requests == 0
+
+    good = await make_gateway(
+        token_config(echo_upstream.url, {**source, "tls": {"ca_file": pki.ca_file}})
+    )
+    status, _, _ = await call(good.url + "/x", token)
+    assert status == 200
+    assert echo_upstream.requests == 1
 
 
 async def test_tls_client_auth_authenticates_with_the_client_certificate(
