@@ -4,13 +4,20 @@ A connection error marks Redis down: it is logged once (`redis_unavailable`), th
 skipped for an exponential backoff (capped at ~5 s) instead of being tried on every request;
 one probe per backoff period finds out when it is back (`redis_recovered`). redis-py's own
 exceptions never leave this module: callers see `RedisUnavailableError`.
+
+`rediss://` (TLS): a single server's connections use the gateway's client context built from
+`redis.tls` (re-read when its files change, like an upstream's, and the name verified is
+`server_name` or the URL's host); in cluster mode redis-py's own `ssl_*` parameters carry the
+same settings and redis-py reads the files when it opens connections. A certificate that does
+not verify is a connection error like any other: Redis is unavailable, never a token invalid.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar, cast
 from urllib.parse import unquote, urlsplit
 
@@ -18,11 +25,13 @@ import structlog
 from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
-from gateway.config.models import RedisConfig
+from gateway.config.models import ClientTlsConfig, RedisConfig
+from gateway.tls import ReloadingTls, client_context, client_files
 
 T = TypeVar("T")
 log = structlog.get_logger()
@@ -62,9 +71,13 @@ class RedisConnection:
         backoff_initial: float = BACKOFF_INITIAL,
         backoff_max: float = BACKOFF_MAX,
         closers: tuple[Callable[[], Awaitable[Any]], ...] = (),
+        tls: ReloadingTls | None = None,
+        tls_cfg: ClientTlsConfig | None = None,
     ) -> None:
         self.client = client
         self.prefix = key_prefix
+        self.tls = tls
+        self.tls_cfg = tls_cfg
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self._closers = closers
@@ -136,6 +149,15 @@ class RedisConnection:
             return False
         return True
 
+    def refresh_tls(self, warn: bool = False) -> None:
+        """Re-read the `redis.tls` files when they changed (new connections use them); `warn`:
+        say again that verification is off, when it is."""
+        cfg = self.tls_cfg
+        if warn and cfg is not None and cfg.insecure_skip_verify:
+            log.warning("tls_verification_disabled", tls="redis.tls")
+        if self.tls is not None:
+            self.tls.refresh()
+
     async def close(self) -> None:
         """Close every connection of the client (and of the sentinels); idempotent."""
         if self._closed:
@@ -155,6 +177,53 @@ def _client_kwargs(timeout: float) -> dict[str, Any]:
         "decode_responses": True,
         "encoding_errors": "replace",  # bytes written by others must not break a read
     }
+
+
+class TlsConnection(SSLConnection):
+    """A `rediss://` connection made with the gateway's client context (`redis.tls`): the
+    context current when the connection opens, and the name to verify."""
+
+    def __init__(self, *, gateway_tls: ReloadingTls, server_name: str | None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.gateway_tls = gateway_tls
+        self.server_name = server_name
+
+    def _connection_arguments(self) -> Mapping[str, Any]:
+        return {
+            "host": self.host,
+            "port": self.port,
+            "ssl": self.gateway_tls.context,
+            "server_hostname": self.server_name or self.host,
+        }
+
+
+def _redis_tls(cfg: ClientTlsConfig | None) -> ReloadingTls:
+    """The reloading client context of `redis.tls` (ConfigError when its files do not load);
+    warns when verification is off. No ALPN: Redis speaks RESP, not HTTP/1.1."""
+    if cfg is not None and cfg.insecure_skip_verify:
+        log.warning("tls_verification_disabled", tls="redis.tls")
+
+    def build() -> ssl.SSLContext:
+        ctx = client_context(cfg)
+        ctx.set_alpn_protocols([])
+        return ctx
+
+    return ReloadingTls("redis.tls", client_files(cfg), build)
+
+
+def _cluster_tls_kwargs(cfg: ClientTlsConfig | None) -> dict[str, Any]:
+    """redis-py's own TLS parameters (cluster mode builds its connections itself)."""
+    if cfg is None:
+        return {"ssl_min_version": ssl.TLSVersion.TLSv1_2}
+    kwargs: dict[str, Any] = {
+        "ssl_ca_certs": cfg.ca_file,
+        "ssl_certfile": cfg.cert_file,
+        "ssl_keyfile": cfg.key_file,
+        "ssl_min_version": ssl.TLSVersion.TLSv1_2,
+    }
+    if cfg.insecure_skip_verify:
+        kwargs.update(ssl_cert_reqs="none", ssl_check_hostname=False)
+    return kwargs
 
 
 def _sentinel_client(url: str, kwargs: dict[str, Any]) -> tuple[Redis, Sentinel]:
@@ -191,16 +260,27 @@ def connect_redis(
     backoff_initial: float = BACKOFF_INITIAL,
     backoff_max: float = BACKOFF_MAX,
 ) -> RedisConnection:
-    """Build the client for `cfg.url` (no I/O: connections are opened on first use)."""
+    """Build the client for `cfg.url` (no I/O: connections are opened on first use; the
+    `redis.tls` files are read now, ConfigError when they do not load)."""
     kwargs = _client_kwargs(timeout)
     closers: tuple[Callable[[], Awaitable[Any]], ...] = ()
+    tls: ReloadingTls | None = None
+    rediss = cfg.url.startswith("rediss://")
     if cfg.url.startswith("redis+sentinel://"):
         client, sentinel = _sentinel_client(cfg.url, kwargs)
         closers = tuple(s.aclose for s in sentinel.sentinels)
     elif cfg.cluster:
+        if rediss:
+            kwargs.update(_cluster_tls_kwargs(cfg.tls))
+            if cfg.tls is not None and cfg.tls.insecure_skip_verify:
+                log.warning("tls_verification_disabled", tls="redis.tls")
         # A cluster client has the same command methods; typed as Redis for one code path.
         client = cast(Redis, RedisCluster.from_url(cfg.url, **kwargs))
     else:
+        if rediss:
+            tls = _redis_tls(cfg.tls)
+            server_name = cfg.tls.server_name if cfg.tls is not None else None
+            kwargs.update(connection_class=TlsConnection, gateway_tls=tls, server_name=server_name)
         # A blocking pool: past POOL_SIZE concurrent commands, callers wait for a connection
         # instead of failing with MaxConnectionsError (which would look like an outage).
         pool = BlockingConnectionPool.from_url(
@@ -213,4 +293,6 @@ def connect_redis(
         backoff_initial=backoff_initial,
         backoff_max=backoff_max,
         closers=closers,
+        tls=tls,
+        tls_cfg=cfg.tls if rediss else None,
     )

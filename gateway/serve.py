@@ -52,14 +52,23 @@ class Gateway:
 
     async def _build_validator(self, cfg: GatewayConfig) -> TokenValidator:
         redis = connect_redis(cfg.redis) if cfg.redis is not None else None
-        validator = TokenValidator.from_config(cfg, redis)
+        try:
+            validator = TokenValidator.from_config(cfg, redis)
+        except ConfigError:  # a source's TLS files do not load
+            if redis is not None:
+                await redis.close()
+            raise
         await validator.start()
         return validator
 
     async def start(self, reuse_port: bool = False) -> None:
         cfg = self.cfg
         validator = await self._build_validator(cfg)
-        self.runtime = rt = Runtime(cfg, validator, self.metrics)
+        try:
+            self.runtime = rt = Runtime(cfg, validator, self.metrics)
+        except ConfigError:  # an upstream's TLS files do not load
+            await validator.close()
+            raise
         self.ctx = ctx = ServerContext(handler=rt.pipeline.handle)
         self._apply_limits(cfg)
         self.metrics.track_in_flight(lambda: float(ctx.in_flight))
@@ -111,18 +120,24 @@ class Gateway:
         try:
             cfg = load_config(self.config_path)
         except ConfigError as exc:
-            log.error("config_reload_refused", problems=exc.problems)
-            self.metrics.reloads.labels("refused").inc()
-            return False
+            return self._refuse(exc)
         old = self.runtime
         for key in ("listen", "admin", "workers", "forward_auth"):
             if getattr(cfg, key) != getattr(old.cfg, key):
                 log.warning("config_key_needs_restart", key=key)
         same_tokens = cfg.tokens == old.cfg.tokens and cfg.redis == old.cfg.redis
-        validator = old.validator if same_tokens else await self._build_validator(cfg)
+        try:  # the TLS files a new config names are read here: they may not load
+            validator = old.validator if same_tokens else await self._build_validator(cfg)
+        except ConfigError as exc:
+            return self._refuse(exc)
+        try:
+            rt = Runtime(cfg, validator, self.metrics, pools=old.pools)
+        except ConfigError as exc:
+            if validator is not old.validator:
+                await validator.close()
+            return self._refuse(exc)
         if not same_tokens:
             validator.adopt_cache(old.validator)
-        rt = Runtime(cfg, validator, self.metrics, pools=old.pools)
         self.runtime = rt
         self.ctx.handler = rt.pipeline.handle
         if self.fa_ctx is not None:
@@ -135,7 +150,24 @@ class Gateway:
         self.cfg = cfg
         self.metrics.reloads.labels("applied").inc()
         log.info("config_reloaded", routes=len(rt.routes.routes))
+        self._refresh_client_tls(before=old)
         return True
+
+    def _refuse(self, exc: ConfigError) -> bool:
+        log.error("config_reload_refused", problems=exc.problems)
+        self.metrics.reloads.labels("refused").inc()
+        return False
+
+    def _refresh_client_tls(self, before: Runtime | None = None) -> None:
+        """Re-read the certificate files of upstreams, token sources and Redis that changed
+        (new connections use them). After a reload (`before`: the runtime replaced), what it
+        handed over says again that it skips verification; what is new said so when built."""
+        rt = self.runtime
+        if rt is None:
+            return
+        for name, pool in rt.pools.items():
+            pool.refresh_tls(warn=before is not None and before.pools.get(name) is pool)
+        rt.validator.refresh_tls(warn=before is not None and before.validator is rt.validator)
 
     def _retire(self, validator: TokenValidator) -> None:
         """Close a replaced validator once the lookups that requests await on it are done."""
@@ -152,6 +184,7 @@ class Gateway:
         """Kubernetes swaps ConfigMap files through a symlink: watch the content, not the inode."""
         while True:
             await asyncio.sleep(_WATCH_INTERVAL)
+            self._refresh_client_tls()
             digest = _digest(self.config_path)
             if digest is not None and digest != self._config_digest:
                 self._config_digest = digest

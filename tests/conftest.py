@@ -7,6 +7,8 @@ pytest_plugins = [
     "tests.fixtures.idp",
     "tests.fixtures.servers",
     "tests.fixtures.process",
+    "tests.fixtures.pki",
+    "tests.fixtures.tls_servers",
 ]
 
 # Property tests judge results, not speed: no per-example deadline (a loaded CI machine would

@@ -262,3 +262,39 @@ def test_unquoted_off_is_off():
             "upstreams: {api: {url: 'http://127.0.0.1:9'}}\n"
             "routes: [{name: r, path: /, upstream: api, appsecret_proof: on}]\n"
         )
+
+
+def test_tls_file_keys_are_paths_not_contents(tmp_path):
+    """cert_file, key_file, ca_file, client_ca_file name files the gateway reads (and re-reads):
+    they stay paths, relative ones against the config file's folder, unlike other `x_file`
+    keys, which are replaced by the file's content."""
+    (tmp_path / "secret").write_text("s3cret\n")
+    conf = tmp_path / "gateway.yaml"
+    conf.write_text(
+        "listen: {port: 8443, tls: {cert_file: tls/tls.crt, key_file: /abs/tls.key,"
+        " client_ca_file: ca.pem}}\n"
+        "upstreams: {api: {url: 'http://127.0.0.1:9'}}\n"
+        "apps: [{client_id: web, secrets_file: secret}]\n"
+        "routes: [{name: r, path: /, upstream: api}]\n"
+    )
+    with pytest.raises(ConfigError, match=r"apps\[0\]\.secrets"):
+        load_config(conf)  # secrets_file gives one string, not a list: still read as content
+    conf.write_text(
+        conf.read_text().replace("apps: [{client_id: web, secrets_file: secret}]\n", "")
+    )
+    tls = load_config(conf).listen.tls
+    assert tls is not None
+    assert tls.cert_file == str(tmp_path / "tls" / "tls.crt")
+    assert tls.key_file == "/abs/tls.key"
+    assert tls.client_ca_file == str(tmp_path / "ca.pem")
+    assert tls.verify_clients == "optional"
+
+
+def test_client_auth_needs_a_ca():
+    """`client_auth` without `client_ca_file` cannot be honoured: a config error."""
+    with pytest.raises(ConfigError, match=r"listen\.tls: .*client_auth.*client_ca_file"):
+        load_yaml_text(
+            "listen: {tls: {cert_file: a, key_file: b, client_auth: required}}\n"
+            "upstreams: {api: {url: 'http://127.0.0.1:9'}}\n"
+            "routes: [{name: r, path: /, upstream: api}]\n"
+        )

@@ -59,11 +59,60 @@ def sidecar_full() -> dict[str, Any]:
     return values
 
 
+def standalone_tls() -> dict[str, Any]:
+    """Standalone mode with HTTPS everywhere: the listeners from a cert-manager Secret (its
+    ca.crt also the client CA), an https upstream with its CA and a client certificate,
+    rediss:// with a CA, and TLS scraping."""
+    return {
+        "mode": "standalone",
+        "upstream": {"url": "https://orders.internal:8443"},
+        "upstreamTLS": {
+            "app": {
+                "caSecret": "orders-ca",
+                "clientCertSecret": "gateway-client-tls",
+                "serverName": "orders.internal",
+            }
+        },
+        "tls": {
+            "secretName": "gateway-tls",
+            "minVersion": "1.3",
+            "admin": True,
+            "forwardAuth": True,
+            "clientCA": {"secretName": "gateway-tls", "clientAuth": "required"},
+        },
+        "forwardAuth": {"enabled": True},
+        "redis": {"url": "rediss://redis.redis.svc:6380/0", "tls": {"caSecret": "redis-ca"}},
+        "serviceMonitor": {
+            "enabled": True,
+            "tlsConfig": {"ca": {"secret": {"name": "gateway-tls", "key": "ca.crt"}}},
+        },
+    }
+
+
+def sidecar_tls() -> dict[str, Any]:
+    """Sidecar mode with an HTTPS listener, a separate client-CA Secret, and an extra https
+    upstream of config.upstreams trusted through a CA Secret."""
+    values = copy.deepcopy(SIDECAR)
+    values["tls"] = {
+        "secretName": "orders-api-tls",
+        "clientCA": {"secretName": "partner-ca", "key": "bundle.pem"},
+    }
+    values["config"]["upstreams"] = {"billing": {"url": "https://billing.internal"}}
+    values["config"]["routes"] = [
+        {"name": "billing", "path_prefix": "/billing", "upstream": "billing"},
+        *values["config"]["routes"],
+    ]
+    values["upstreamTLS"] = {"billing": {"caSecret": "billing-ca", "caKey": "root.pem"}}
+    return values
+
+
 CASES: dict[str, dict[str, Any]] = {
     "defaults": {},
     "sidecar": SIDECAR,
     "sidecar-full": sidecar_full(),
     "standalone-full": STANDALONE_FULL,
+    "standalone-tls": standalone_tls(),
+    "sidecar-tls": sidecar_tls(),
 }
 
 
@@ -398,3 +447,170 @@ def test_chart_user_matches_the_image_user(chart: helm.Chart) -> None:
     assert chart.values["securityContext"]["runAsUser"] == int(users[-1])
     assert chart.values["podSecurityContext"]["runAsUser"] == int(users[-1])
     assert chart.metadata["apiVersion"] == "v2"
+
+
+def _mounts(docs: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
+    """The gateway container's Secret mounts: mount path -> (volume name, Secret name)."""
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    out = {}
+    for m in containers(docs)["gateway"]["volumeMounts"]:
+        secret = volumes[m["name"]].get("secret")
+        if secret is not None:
+            assert m.get("readOnly") is True
+            assert "subPath" not in m, "a subPath mount never sees Secret updates"
+            out[m["mountPath"]] = (m["name"], secret["secretName"])
+    return out
+
+
+def _secret_of(docs: list[dict[str, Any]], path: str) -> str:
+    """The Secret whose mount holds the file at `path`."""
+    mounts = _mounts(docs)
+    folder = path.rsplit("/", 1)[0]
+    assert folder in mounts, f"{path} is in no mounted Secret"
+    return mounts[folder][1]
+
+
+def test_listener_tls_from_a_kubernetes_tls_secret(chart: helm.Chart) -> None:
+    """tls.secretName mounts the kubernetes.io/tls Secret and renders listen.tls (and the
+    admin / forward-auth listeners' tls) with its tls.crt and tls.key; the client CA is its
+    ca.crt (cert-manager's shape); probes switch to HTTPS, Prometheus scrapes over TLS."""
+    docs = render(chart, standalone_tls())
+    config = gateway_config(docs)
+    listen = config["listen"]["tls"]
+    assert _secret_of(docs, listen["cert_file"]) == "gateway-tls"
+    assert listen["cert_file"].endswith("/tls.crt")
+    assert listen["key_file"].endswith("/tls.key")
+    assert listen["min_version"] == "1.3"
+    assert listen["client_ca_file"].endswith("/ca.crt")
+    assert _secret_of(docs, listen["client_ca_file"]) == "gateway-tls"
+    assert listen["client_auth"] == "required"
+    for key in ("admin", "forward_auth"):
+        tls = config[key]["tls"]
+        assert (tls["cert_file"], tls["key_file"]) == (listen["cert_file"], listen["key_file"])
+        assert "client_ca_file" not in tls
+    gateway = containers(docs)["gateway"]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert gateway[probe]["httpGet"]["scheme"] == "HTTPS"
+        assert gateway[probe]["httpGet"]["port"] == "admin"
+    endpoint = one(docs, "ServiceMonitor")["spec"]["endpoints"][0]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"] == {"ca": {"secret": {"name": "gateway-tls", "key": "ca.crt"}}}
+    assert f"https://{FULLNAME}.{NAMESPACE}.svc" in notes(chart, standalone_tls())
+
+
+def test_listener_tls_in_sidecar_mode_with_a_separate_client_ca(chart: helm.Chart) -> None:
+    """Sidecar mode: the same listener rendering; a client CA from another Secret is mounted
+    apart; the admin listener stays HTTP (probes keep scheme HTTP)."""
+    docs = render(chart, sidecar_tls())
+    config = gateway_config(docs)
+    listen = config["listen"]["tls"]
+    assert _secret_of(docs, listen["cert_file"]) == "orders-api-tls"
+    assert _secret_of(docs, listen["key_file"]) == "orders-api-tls"
+    assert listen["client_ca_file"].endswith("/bundle.pem")
+    assert _secret_of(docs, listen["client_ca_file"]) == "partner-ca"
+    assert listen["client_auth"] == "optional"
+    assert "tls" not in config["admin"]
+    gateway = containers(docs)["gateway"]
+    assert "scheme" not in gateway["livenessProbe"]["httpGet"]
+    assert set(containers(docs)) == {"orders-api", "gateway"}
+    app_mounts = containers(docs)["orders-api"].get("volumeMounts", [])
+    assert not [m for m in app_mounts if m["name"].startswith("tls-")], "the app sees no keys"
+
+
+def test_upstream_and_redis_ca_secrets(chart: helm.Chart) -> None:
+    """upstreamTLS.<name> mounts the CA (and client certificate) Secrets and renders them
+    into upstreams.<name>.tls; redis.tls likewise into redis.tls."""
+    docs = render(chart, standalone_tls())
+    config = gateway_config(docs)
+    tls = config["upstreams"]["app"]["tls"]
+    assert config["upstreams"]["app"]["url"] == "https://orders.internal:8443"
+    assert _secret_of(docs, tls["ca_file"]) == "orders-ca"
+    assert tls["ca_file"].endswith("/ca.crt")
+    assert _secret_of(docs, tls["cert_file"]) == "gateway-client-tls"
+    assert _secret_of(docs, tls["key_file"]) == "gateway-client-tls"
+    assert tls["server_name"] == "orders.internal"
+    redis = config["redis"]
+    assert redis["url"].startswith("rediss://")
+    assert _secret_of(docs, redis["tls"]["ca_file"]) == "redis-ca"
+
+    sidecar = gateway_config(render(chart, sidecar_tls()))
+    billing = sidecar["upstreams"]["billing"]["tls"]
+    assert billing["ca_file"].endswith("/root.pem")
+    assert _secret_of(render(chart, sidecar_tls()), billing["ca_file"]) == "billing-ca"
+    assert "tls" not in sidecar["upstreams"]["app"]  # http://127.0.0.1: no TLS
+
+
+def test_tls_is_off_by_default(chart: helm.Chart) -> None:
+    """Without TLS values nothing is mounted and every listener is plain HTTP."""
+    for case in ("defaults", "sidecar", "standalone-full"):
+        docs = render(chart, CASES[case])
+        config = gateway_config(docs)
+        assert _mounts(docs) == {}
+        assert "tls" not in config["listen"]
+        assert "tls" not in config["admin"]
+        assert "scheme" not in containers(docs)["gateway"]["readinessProbe"]["httpGet"]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"upstreamTLS": {"app": {"caSecret": "ca"}}},  # upstream.url is http:// by default
+            "is not https://",
+        ),
+        (
+            {"upstream": {"url": "https://x"}, "upstreamTLS": {"nope": {"caSecret": "ca"}}},
+            "no upstream named",
+        ),
+        ({"tls": {"admin": True}}, "need tls.secretName"),
+    ],
+)
+def test_tls_values_that_cannot_apply_fail_the_render(
+    chart: helm.Chart, values: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(helm.HelmRenderError, match=message):
+        render(chart, values)
+
+
+def test_values_schema_rejects_bad_tls_values(chart: helm.Chart) -> None:
+    """values.schema.json checks the TLS values."""
+    chart.validate_schema(standalone_tls())
+    chart.validate_schema(sidecar_tls())
+    bad_values: list[dict[str, Any]] = [
+        {"tls": {"minVersion": "1.1"}},
+        {"tls": {"clientCA": {"clientAuth": "sometimes"}}},
+        {"tls": {"secret": "x"}},
+        {"upstreamTLS": {"app": {"caFile": "/x"}}},
+        {"redis": {"tls": {"caSecret": "Not_A_Name"}}},
+        {"upstream": {"url": "ftp://x"}},
+    ]
+    for bad in bad_values:
+        with pytest.raises(helm.HelmValuesError):
+            chart.validate_schema(bad)
+
+
+def test_tls_client_auth_source_gets_no_secret(chart: helm.Chart) -> None:
+    """An introspection source with auth_method: tls_client_auth authenticates by its client
+    certificate: the chart adds no client_secret (and needs no Secret key) for it."""
+    values = copy.deepcopy(SIDECAR)
+    values["secrets"] = {"data": {"web-app-secret": "x"}}
+    values["extraVolumes"] = [{"name": "idp-client", "secret": {"secretName": "idp-client"}}]
+    values["extraVolumeMounts"] = [{"name": "idp-client", "mountPath": "/etc/gateway-idp"}]
+    values["config"]["tokens"]["sources"] = [
+        {
+            "type": "introspection",
+            "url": "https://idp.example.com/oauth2/introspect",
+            "client_id": "orders-api-gateway",
+            "auth_method": "tls_client_auth",
+            "tls": {
+                "cert_file": "/etc/gateway-idp/tls.crt",
+                "key_file": "/etc/gateway-idp/tls.key",
+            },
+        }
+    ]
+    docs = render(chart, values)
+    [source] = gateway_config(docs)["tokens"]["sources"]
+    assert "client_secret" not in source
+    env = {e["name"] for e in containers(docs)["gateway"].get("env", [])}
+    assert not any(name.startswith("INTROSPECTION_CLIENT_SECRET") for name in env)

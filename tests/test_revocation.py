@@ -224,3 +224,24 @@ async def test_store_and_revocation_through_sentinel_and_cluster(
     assert elapsed < 1.0
     with pytest.raises(InvalidTokenError):
         await b.validate(token)
+
+
+async def test_close_ends_a_background_task_that_swallows_one_cancellation(make_validator):
+    """Revocations.close() cancels its tasks until they end: a listener whose library swallows
+    one cancellation (redis-py's pub/sub read over TLS did, now and then) must not survive."""
+    v = await make_validator([STORE])
+    swallowed = asyncio.Event()
+
+    async def stubborn() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            swallowed.set()  # swallowed: carry on as if nothing happened
+        await asyncio.sleep(3600)
+
+    task = asyncio.create_task(stubborn())
+    v.revocations._tasks.append(task)
+    await asyncio.sleep(0)
+    await asyncio.wait_for(v.revocations.close(), 5)
+    assert swallowed.is_set()
+    assert task.cancelled()

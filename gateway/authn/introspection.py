@@ -1,9 +1,10 @@
 """The `introspection` token source (RFC 7662), and RFC 7009 revocation at the same server.
 
 Client authentication is client_secret_basic (HTTP Basic over the form-urlencoded id and
-secret, RFC 6749 section 2.3.1) or client_secret_post. An unreachable server (connect error,
-timeout, 5xx, a body that is not a JSON object) and a refusal of our own credentials (401/403)
-make the source unavailable, never the token invalid.
+secret, RFC 6749 section 2.3.1), client_secret_post, or tls_client_auth (RFC 8705 section 2:
+the client certificate of the source's `tls` block, `client_id` in the form). An unreachable
+server (connect error, timeout, TLS failure, 5xx, a body that is not a JSON object) and a
+refusal of our own credentials (401/403) make the source unavailable, never the token invalid.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import aiohttp
 import structlog
 
 from gateway.authn.grants import GrantMapper, info_from_claims
+from gateway.authn.idp_tls import IdpTls
 from gateway.authn.info import TokenInfo
 from gateway.config.models import IntrospectionSource
 from gateway.errors import InvalidTokenError, ValidatorUnavailableError
@@ -38,10 +40,17 @@ class IntrospectionTokenSource:
 
     name = "introspection"
 
-    def __init__(self, cfg: IntrospectionSource, session: SessionGetter, grants: GrantMapper):
+    def __init__(
+        self,
+        cfg: IntrospectionSource,
+        session: SessionGetter,
+        grants: GrantMapper,
+        tls: IdpTls | None = None,
+    ):
         self.cfg = cfg
         self._session = session
         self.grants = grants
+        self.tls = tls or IdpTls("introspection.tls", cfg.tls)
         self._timeout = aiohttp.ClientTimeout(total=cfg.timeout)
         self._credentials_rejected = False
 
@@ -90,8 +99,12 @@ class IntrospectionTokenSource:
     def _request(self, token: str) -> tuple[dict[str, str], dict[str, str]]:
         form = {"token": token, "token_type_hint": "access_token"}
         headers = {"Accept": "application/json"}
-        secret = self.cfg.client_secret.get_secret_value()
-        if self.cfg.auth_method == "client_secret_basic":
+        method = self.cfg.auth_method
+        if method == "tls_client_auth":  # the certificate authenticates; no secret is sent
+            form["client_id"] = self.cfg.client_id
+            return form, headers
+        secret = self.cfg.client_secret.get_secret_value() if self.cfg.client_secret else ""
+        if method == "client_secret_basic":
             headers["Authorization"] = basic_auth(self.cfg.client_id, secret)
         else:
             form.update(client_id=self.cfg.client_id, client_secret=secret)
@@ -101,11 +114,20 @@ class IntrospectionTokenSource:
         form, headers = self._request(token)
         try:
             async with self._session().post(
-                url, data=form, headers=headers, timeout=self._timeout, allow_redirects=False
+                url,
+                data=form,
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+                ssl=self.tls.ssl,
             ) as resp:
+                self.tls.succeeded()
                 if resp.status != 200 or not want_json:
                     await resp.read()
                     return resp.status, None
                 return resp.status, await resp.json(content_type=None)
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            outage = self.tls.failure(exc, url)  # an untrusted IdP is an outage, never a 401
+            if outage is not None:
+                raise outage from exc
             raise ValidatorUnavailableError(f"introspection_{type(exc).__name__}") from exc

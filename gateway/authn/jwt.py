@@ -18,6 +18,7 @@ import jwt
 import structlog
 
 from gateway.authn.grants import GrantMapper, info_from_claims
+from gateway.authn.idp_tls import IdpTls
 from gateway.authn.info import TokenInfo
 from gateway.authn.introspection import SessionGetter
 from gateway.config.models import JwtSource
@@ -64,8 +65,11 @@ class _Key:
 class JwksCache:
     """The issuer's signing keys by `kid`, fetched on demand with a rate-limited refetch."""
 
-    def __init__(self, url: str, timeout: float, session: SessionGetter) -> None:
+    def __init__(
+        self, url: str, timeout: float, session: SessionGetter, tls: IdpTls | None = None
+    ) -> None:
         self.url = url
+        self.tls = tls or IdpTls("jwks.tls", None)
         self.refetch_interval = REFETCH_INTERVAL
         self.max_key_age = MAX_KEY_AGE
         self.fetches = 0
@@ -143,10 +147,16 @@ class JwksCache:
 
     async def _download(self) -> dict[str, Any]:
         try:
-            async with self._session().get(self.url, timeout=self._timeout) as resp:
+            async with self._session().get(
+                self.url, timeout=self._timeout, ssl=self.tls.ssl
+            ) as resp:
+                self.tls.succeeded()
                 resp.raise_for_status()
                 doc = await resp.json(content_type=None)
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            outage = self.tls.failure(exc, self.url)  # an untrusted IdP is an outage, not a 401
+            if outage is not None:
+                raise outage from exc
             raise ValidatorUnavailableError("jwks_unavailable") from exc
         if not isinstance(doc, dict):
             raise ValidatorUnavailableError("jwks_invalid")
@@ -165,10 +175,18 @@ class JwtTokenSource:
 
     name = "jwt"
 
-    def __init__(self, cfg: JwtSource, session: SessionGetter, grants: GrantMapper) -> None:
+    def __init__(
+        self,
+        cfg: JwtSource,
+        session: SessionGetter,
+        grants: GrantMapper,
+        tls: IdpTls | None = None,
+    ) -> None:
         self.cfg = cfg
         self.grants = grants
-        self.jwks = JwksCache(cfg.jwks_url, cfg.timeout, session)
+        self.jwks = JwksCache(
+            cfg.jwks_url, cfg.timeout, session, tls or IdpTls("jwks.tls", cfg.tls)
+        )
         self._algorithms = frozenset(a for a in cfg.algorithms if a in _KTY)
         self._audience = cfg.audience if isinstance(cfg.audience, str) else list(cfg.audience)
 

@@ -135,9 +135,13 @@ class Revocations:
 
     async def close(self, drain: float = 2.0) -> None:
         """Stop the tasks; give pending RFC 7009 calls up to `drain` seconds."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        pending = set(self._tasks)
+        while pending:
+            # cancelled again until they end: a library that swallows one cancellation (seen
+            # with redis-py's pub/sub read over TLS) must not keep a listener alive for ever
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.5)
         self._tasks.clear()
         if self._background:
             _, pending = await asyncio.wait(set(self._background), timeout=drain)

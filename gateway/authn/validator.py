@@ -28,6 +28,7 @@ from gateway.authn.cache import (
     positive_entry,
 )
 from gateway.authn.grants import GrantMapper
+from gateway.authn.idp_tls import IdpTls
 from gateway.authn.info import TokenInfo
 from gateway.authn.introspection import IntrospectionTokenSource
 from gateway.authn.jwt import JwtTokenSource, is_jws
@@ -84,19 +85,27 @@ class TokenValidator:
         self._session: aiohttp.ClientSession | None = None
         self._inflight: dict[str, asyncio.Task[TokenInfo]] = {}
         self._down: set[str] = set()
+        #: the client TLS of the sources that have a `tls` block
+        self.tls: list[IdpTls] = []
 
     @classmethod
     def from_config(cls, cfg: GatewayConfig, redis: RedisConnection | None) -> TokenValidator:
         """Build sources per `tokens.sources`; the validator owns `redis` and closes it."""
         store: TokenStore = RedisTokenStore(redis) if redis is not None else MemoryTokenStore()
         validator = cls(cfg.tokens, redis, store, GrantMapper(cfg.tokens.grant))
-        for src in cfg.tokens.sources:
+        for i, src in enumerate(cfg.tokens.sources):
             if isinstance(src, IntrospectionSource):
-                intro = IntrospectionTokenSource(src, validator.session, validator.grants)
+                tls = IdpTls(f"tokens.sources[{i}].tls", src.tls)
+                intro = IntrospectionTokenSource(src, validator.session, validator.grants, tls)
                 validator.sources.append(intro)
                 validator.revocations.remote = validator.revocations.remote or intro
+                validator.tls.append(tls)
             elif isinstance(src, JwtSource):
-                validator.sources.append(JwtTokenSource(src, validator.session, validator.grants))
+                tls = IdpTls(f"tokens.sources[{i}].tls", src.tls)
+                validator.sources.append(
+                    JwtTokenSource(src, validator.session, validator.grants, tls)
+                )
+                validator.tls.append(tls)
             else:
                 validator.sources.append(StoreTokenSource(store, validator.grants))
             # Redis has its own outage backoff (redis_conn); the breaker guards the IdPs.
@@ -128,6 +137,15 @@ class TokenValidator:
             self._session = None
         if self.redis is not None:
             await self.redis.close()
+
+    def refresh_tls(self, warn: bool = False) -> None:
+        """Re-read the certificate files of the sources and of Redis when they changed (new
+        connections use them); `warn`: say again which of them skip verification (a reload
+        that keeps this validator)."""
+        for tls in self.tls:
+            tls.refresh(warn)
+        if self.redis is not None:
+            self.redis.refresh_tls(warn)
 
     def adopt_cache(self, old: TokenValidator) -> None:
         """Carry answers, revocations and an in-memory store over from the validator this one

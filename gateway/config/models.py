@@ -41,11 +41,93 @@ class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ListenerTlsConfig(Model):
+    """TLS on a listener (`listen.tls`, `forward_auth.tls`, `admin.tls`): TLS 1.2 and 1.3 only,
+    forward-secret AEAD cipher suites only, ALPN `http/1.1`. The certificate and key are re-read
+    when their files change and on SIGHUP; a pair that does not load is refused with a logged
+    error and the old one keeps serving. Absent: plain HTTP."""
+
+    cert_file: str = Field(
+        description="PEM certificate chain, leaf first then intermediates.",
+        examples=["/etc/gateway/tls/tls.crt"],
+    )
+    key_file: str = Field(
+        description="PEM private key of the leaf certificate.",
+        examples=["/etc/gateway/tls/tls.key"],
+    )
+    min_version: Literal["1.2", "1.3"] = Field(
+        "1.2", description="Lowest TLS version offered: `1.2` or `1.3`; never lower."
+    )
+    client_ca_file: str | None = Field(
+        None,
+        description="PEM CA certificates that client certificates must chain to; set, the "
+        "listener asks clients for a certificate (mTLS) and passes a verified one upstream as "
+        "`X-Forwarded-Client-Cert`.",
+        examples=["/etc/gateway/tls/clients.pem"],
+    )
+    client_auth: Literal["optional", "required"] | None = Field(
+        None,
+        description="`optional` (the default with `client_ca_file`): a client may present a "
+        "certificate; `required`: a client without a valid one never completes the handshake.",
+    )
+
+    @model_validator(mode="after")
+    def _client_auth_needs_ca(self) -> ListenerTlsConfig:
+        if self.client_auth is not None and self.client_ca_file is None:
+            raise ValueError("`client_auth` needs `client_ca_file`")
+        return self
+
+    @property
+    def verify_clients(self) -> Literal["optional", "required"] | None:
+        """How client certificates are asked for; None: they are not."""
+        if self.client_ca_file is None:
+            return None
+        return self.client_auth or "optional"
+
+
+class ClientTlsConfig(Model):
+    """TLS towards an `https://` upstream, an identity provider or a `rediss://` Redis: whom to
+    trust, the name to verify, and an optional client certificate (upstream mTLS, RFC 8705
+    `tls_client_auth`). Certificate files are re-read when they change and on SIGHUP: new
+    connections use them, open ones are kept; files that do not load are refused with a logged
+    error and the old ones keep serving."""
+
+    ca_file: str | None = Field(
+        None,
+        description="PEM CA certificates to trust; default: the system trust store.",
+        examples=["/etc/gateway/upstream-ca.pem"],
+    )
+    server_name: str | None = Field(
+        None,
+        description="The name sent as SNI and verified in the certificate; default: the host "
+        "of the URL (an IP address is matched against the certificate's IP addresses).",
+        examples=["billing.internal"],
+    )
+    cert_file: str | None = Field(
+        None, description="PEM client certificate chain (give `key_file` too)."
+    )
+    key_file: str | None = Field(None, description="PEM private key of `cert_file`.")
+    insecure_skip_verify: bool = Field(
+        False,
+        description="`true`: the peer's certificate is not verified at all (logged as a "
+        "warning at every start and reload). For tests only.",
+    )
+
+    @model_validator(mode="after")
+    def _pair(self) -> ClientTlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("give both `cert_file` and `key_file`, or neither")
+        return self
+
+
 class ListenConfig(Model):
     """The main listener: proxied requests and the session endpoint. Read at start only."""
 
     host: str = Field("0.0.0.0", description="Address to bind (IPv4 or IPv6).")
     port: int = Field(8080, ge=0, le=65535, description="TCP port; `0` picks a free one.")
+    tls: ListenerTlsConfig | None = Field(
+        None, description="TLS on this listener (HTTPS); absent: plain HTTP."
+    )
 
 
 class AdminConfig(Model):
@@ -57,6 +139,9 @@ class AdminConfig(Model):
         description="Address to bind. Nothing on it is authenticated: keep it private.",
     )
     port: int = Field(9901, ge=0, le=65535, description="TCP port; `0` picks a free one.")
+    tls: ListenerTlsConfig | None = Field(
+        None, description="TLS on the admin listener; absent: plain HTTP."
+    )
 
 
 class ForwardAuthConfig(Model):
@@ -66,6 +151,9 @@ class ForwardAuthConfig(Model):
 
     host: str = Field("127.0.0.1", description="Address to bind.")
     port: int = Field(9902, ge=0, le=65535, description="TCP port; `0` picks a free one.")
+    tls: ListenerTlsConfig | None = Field(
+        None, description="TLS on the decision listener; absent: plain HTTP."
+    )
 
 
 class LogConfig(Model):
@@ -132,6 +220,13 @@ class RedisConfig(Model):
         "gw:", description="Prepended to every key and channel the gateway uses."
     )
     cluster: bool = Field(False, description="Connect in Redis Cluster mode.")
+    tls: ClientTlsConfig | None = Field(
+        None,
+        description="For a `rediss://` URL: the CA to trust (default: the system trust "
+        "store), the name to verify (default: the URL's host; not with `cluster`), a client "
+        "certificate (Redis `tls-auth-clients`). A certificate that does not verify makes "
+        "Redis unavailable (503 for tokens only it could judge), never a 401.",
+    )
 
     @field_validator("url")
     @classmethod
@@ -139,6 +234,15 @@ class RedisConfig(Model):
         if not v.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
             raise ValueError("must start with redis://, rediss://, unix:// or redis+sentinel://")
         return v
+
+    @model_validator(mode="after")
+    def _tls_needs_rediss(self) -> RedisConfig:
+        if self.tls is not None:
+            if not self.url.startswith("rediss://"):
+                raise ValueError("`tls` applies to a rediss:// URL only")
+            if self.cluster and self.tls.server_name is not None:
+                raise ValueError("`tls.server_name` is not supported with `cluster: true`")
+        return self
 
 
 class StoreSource(Model):
@@ -180,6 +284,17 @@ class JwtSource(Model):
     )
     leeway: Duration = Field(30.0, description="Clock skew allowed on `exp`, `nbf` and `iat`.")
     timeout: Duration = Field(2.0, description="Timeout of a JWKS fetch.")
+    tls: ClientTlsConfig | None = Field(
+        None,
+        description="TLS towards an `https://` `jwks_url`: the CA to trust (default: the "
+        "system trust store), the name to verify, a client certificate. A certificate that "
+        "does not verify is a source outage (503), never a 401.",
+    )
+
+    @model_validator(mode="after")
+    def _tls_needs_https(self) -> JwtSource:
+        _check_source_tls(self.tls, (self.jwks_url,))
+        return self
 
 
 class IntrospectionSource(Model):
@@ -193,13 +308,16 @@ class IntrospectionSource(Model):
         examples=["https://idp.example/oauth2/introspect"],
     )
     client_id: str = Field(description="The gateway's client id at the authorization server.")
-    client_secret: SecretStr = Field(
-        description="The gateway's client secret; usually `client_secret_file` or `${NAME}`."
+    client_secret: SecretStr | None = Field(
+        None,
+        description="The gateway's client secret; usually `client_secret_file` or `${NAME}`. "
+        "Required unless `auth_method` is `tls_client_auth`.",
     )
-    auth_method: Literal["client_secret_basic", "client_secret_post"] = Field(
+    auth_method: Literal["client_secret_basic", "client_secret_post", "tls_client_auth"] = Field(
         "client_secret_basic",
-        description="How the gateway authenticates: HTTP Basic, or `client_id` and "
-        "`client_secret` in the form body.",
+        description="How the gateway authenticates: HTTP Basic, `client_id` and "
+        "`client_secret` in the form body, or `tls_client_auth` (RFC 8705: the client "
+        "certificate of `tls`, with `client_id` in the form body and no secret).",
     )
     timeout: Duration = Field(2.0, description="Timeout of one introspection call.")
     revocation_url: str | None = Field(
@@ -207,6 +325,31 @@ class IntrospectionSource(Model):
         description="RFC 7009 revocation endpoint, called (with retries, in the background) "
         "when a token is revoked through the gateway; unset: not called.",
     )
+    tls: ClientTlsConfig | None = Field(
+        None,
+        description="TLS towards `https://` `url` and `revocation_url`: the CA to trust "
+        "(default: the system trust store), the name to verify, a client certificate (for "
+        "`tls_client_auth`, or an IdP that asks for one). A certificate that does not verify "
+        "is a source outage (503), never a 401.",
+    )
+
+    @model_validator(mode="after")
+    def _credentials(self) -> IntrospectionSource:
+        urls = (self.url,) if self.revocation_url is None else (self.url, self.revocation_url)
+        _check_source_tls(self.tls, urls)
+        if self.auth_method == "tls_client_auth":
+            if self.tls is None or self.tls.cert_file is None:
+                raise ValueError("`tls_client_auth` needs `tls.cert_file` and `tls.key_file`")
+            if self.client_secret is not None:
+                raise ValueError("`tls_client_auth` sends no `client_secret`: remove it")
+        elif self.client_secret is None:
+            raise ValueError(f"`{self.auth_method}` needs `client_secret`")
+        return self
+
+
+def _check_source_tls(tls: ClientTlsConfig | None, urls: tuple[str, ...]) -> None:
+    if tls is not None and not any(u.startswith("https://") for u in urls):
+        raise ValueError("`tls` applies to https:// URLs only")
 
 
 Source = Annotated[StoreSource | JwtSource | IntrospectionSource, Field(discriminator="type")]
@@ -323,15 +466,22 @@ class UpstreamConfig(Model):
 
     url: str | None = Field(
         None,
-        description="`http://host[:port][/path]`: the one target. A path is prepended to every "
-        "request path.",
-        examples=["http://127.0.0.1:9000"],
+        description="`http://host[:port][/path]` or `https://...`: the one target. A path is "
+        "prepended to every request path.",
+        examples=["http://127.0.0.1:9000", "https://billing.internal:8443"],
     )
     targets: tuple[str, ...] | None = Field(
         None,
-        description="Several `http://` URLs instead of `url`: round-robin, and a refused "
-        "connection tries the next one.",
+        description="Several URLs instead of `url`, all `http://` or all `https://`: "
+        "round-robin, and a refused connection tries the next one.",
         examples=[["http://orders-1:8000", "http://orders-2:8000"]],
+    )
+    tls: ClientTlsConfig | None = Field(
+        None,
+        description="For `https://` targets: the CA to trust (default: the system trust store), "
+        "the name to verify, a client certificate (upstream mTLS). A certificate that does "
+        "not verify, or a failed handshake, is a 502 (reason `upstream_tls`), never a retry "
+        "over plain HTTP. Only with `https://` targets.",
     )
     connect_timeout: Duration = Field(2.0, description="Connecting to a target; exceeded -> 504.")
     timeout: Duration = Field(
@@ -355,9 +505,22 @@ class UpstreamConfig(Model):
         if self.targets is not None and not self.targets:
             raise ValueError("`targets` cannot be empty")
         for t in self.all_targets:
-            if not re.match(r"^http://[^/?#\s]+(/[^?#\s]*)?$", t):
-                raise ValueError(f"target {t!r} must be an http:// URL (host[:port][/path])")
+            if not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", t):
+                raise ValueError(
+                    f"target {t!r} must be an http:// or https:// URL (host[:port][/path])"
+                )
+        schemes = {t.partition(":")[0] for t in self.all_targets}
+        if len(schemes) > 1:
+            # a failover from an https target to an http one would be a retry over plain HTTP
+            raise ValueError("targets must be all http:// or all https://")
+        if self.tls is not None and schemes != {"https"}:
+            raise ValueError("`tls` applies to https:// targets only")
         return self
+
+    @property
+    def https(self) -> bool:
+        """Whether the targets are `https://` ones."""
+        return self.all_targets[0].startswith("https://")
 
     @property
     def all_targets(self) -> tuple[str, ...]:

@@ -108,7 +108,7 @@ class Section:
 def render_reference() -> str:
     """The whole Markdown reference."""
     sections = list(_walk(GatewayConfig, "", 0))
-    anchors = {s.model: _slug(_title(s)) for s in sections}
+    anchors = {s.path: _slug(_title(s)) for s in sections}  # a model may sit at several places
     out = [_INTRO]
     for section in sections:
         out.append(_render_section(section, anchors))
@@ -176,7 +176,10 @@ def _tag_value(model: Any, tag: str) -> str:
 
 
 def _join(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
+    """A key below `path`; a variant stays at the end (`tokens.sources[].tls (type: jwt)`)."""
+    base, sep, variant = path.partition(" (")
+    joined = f"{base}.{name}" if base else name
+    return f"{joined} ({variant}" if sep else joined
 
 
 # -- rendering ------------------------------------------------------------------------------
@@ -195,7 +198,7 @@ def _slug(title: str) -> str:
     return text.replace(" ", "-")
 
 
-def _render_section(section: Section, anchors: dict[type[BaseModel], str]) -> str:
+def _render_section(section: Section, anchors: dict[str, str]) -> str:
     level = "#" * max(2, section.depth + 1)
     lines = [f"{level} {_title(section)}", ""]
     doc = section.model.__doc__
@@ -205,7 +208,7 @@ def _render_section(section: Section, anchors: dict[type[BaseModel], str]) -> st
     for name, field in section.model.model_fields.items():
         cells = (
             f"`{_join(section.path.partition(' (')[0], name)}`" + _variant_suffix(section.path),
-            _type(field.annotation, list(field.metadata), anchors),
+            _type(field.annotation, list(field.metadata), anchors, _join(section.path, name)),
             _default(field),
             _description(field),
         )
@@ -232,31 +235,35 @@ _PLURALS = {
 }
 
 
-def _type(tp: Any, meta: list[Any], anchors: dict[type[BaseModel], str]) -> str:
-    """How a type reads in the reference: `duration`, `list of strings`, a section link..."""
+def _type(tp: Any, meta: list[Any], anchors: dict[str, str], path: str) -> str:
+    """How a type reads in the reference: `duration`, `list of strings`, a section link (to
+    the section of this `path`, as `_nested` names it)..."""
     tp, more = _strip(tp)
     meta = meta + more
     kind = _unit(meta)
     if kind is not None:
         return kind
     if _is_model(tp):
-        return f"section ([below](#{anchors[tp]}))"
+        return f"section ([below](#{anchors[path]}))"
     if _is_union(tp):
         args = [a for a in get_args(tp) if a is not type(None)]
         tag = _discriminator(meta)
         if tag is not None:  # token sources: one section per `type`
             models = [_strip(a)[0] for a in args]
-            return "one of " + ", ".join(f"[`{_tag_value(m, tag)}`](#{anchors[m]})" for m in models)
-        return " or ".join(_type(a, [], anchors) for a in args)
+            return "one of " + ", ".join(
+                f"[`{_tag_value(m, tag)}`](#{anchors[f'{path} (type: {_tag_value(m, tag)})']})"
+                for m in models
+            )
+        return " or ".join(_type(a, [], anchors, path) for a in args)
     if get_origin(tp) is Literal:
         return _one_of([f"`{v}`" for v in get_args(tp)])
     origin = get_origin(tp)
     if origin in (tuple, list):
-        inner = _type(get_args(tp)[0], [], anchors)
+        inner = _type(get_args(tp)[0], [], anchors, path + "[]")
         first, space, rest = inner.partition(" ")
         return "list of " + _PLURALS.get(first, first) + space + rest
     if origin is dict:
-        return "map of name to " + _type(get_args(tp)[1], [], anchors)
+        return "map of name to " + _type(get_args(tp)[1], [], anchors, path + ".<name>")
     return _scalar(tp) + _bounds(meta)
 
 

@@ -1,19 +1,37 @@
 """Per-upstream pools of keep-alive connections: round-robin over targets, failover on
-refused connections, a per-target connection limit, idle expiry."""
+refused connections, a per-target connection limit, idle expiry.
+
+An `https://` upstream's connections are TLS ones, pooled and reused like plain ones: the
+handshake happens once per connection, with the pool's current client context (re-read from
+its files by `refresh_tls()`, so new connections use a rotated CA or client certificate while
+open ones keep theirs). A handshake that fails, or a certificate that does not verify, is
+`upstream_tls`: the next target may be tried, plain HTTP never is. Plain pools do no TLS work
+at all; the per-request path is the same for both.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import urlsplit
 
+import structlog
+
 from gateway.config.models import UpstreamConfig
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeoutError
 from gateway.http.upstream import UpstreamConnection
+from gateway.tls import ReloadingTls, client_tls
+
+log = structlog.get_logger("gateway")
+#: a TLS connection attempt that reached the target and failed its handshake: a certificate
+#: that does not verify, a protocol error (a plain-HTTP server answering), or the peer closing
+#: during the handshake (a refused connection is ConnectionRefusedError, not one of these)
+_TLS_FAILURES = (ssl.SSLError, ConnectionResetError, BrokenPipeError)
 
 _IDLE_SWEEP: Final = 1.0
 _DEADLINE_SWEEP: Final = (
@@ -26,14 +44,21 @@ class Target:
     host: str
     port: int
     base_path: str
+    #: the name sent as SNI and verified in the certificate; None: plain HTTP
+    server_name: str | None = None
     idle: deque[UpstreamConnection] = field(default_factory=deque)
     count: int = 0
     waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
 
     @classmethod
-    def parse(cls, url: str) -> Target:
+    def parse(cls, url: str, server_name: str | None = None) -> Target:
+        """A target from its URL; an `https://` one verifies `server_name`, by default its
+        host (an IP address is then matched against the certificate's IP addresses)."""
         parts = urlsplit(url)
-        return cls(parts.hostname or "127.0.0.1", parts.port or 80, parts.path.rstrip("/"))
+        host = parts.hostname or "127.0.0.1"
+        if parts.scheme == "https":
+            return cls(host, parts.port or 443, parts.path.rstrip("/"), server_name or host)
+        return cls(host, parts.port or 80, parts.path.rstrip("/"))
 
 
 class UpstreamPool:
@@ -43,7 +68,15 @@ class UpstreamPool:
         self.name = name
         self.cfg = cfg
         self.loop = asyncio.get_running_loop()
-        self.targets = [Target.parse(u) for u in cfg.all_targets]
+        tls_cfg = cfg.tls
+        server_name = tls_cfg.server_name if tls_cfg is not None else None
+        self.targets = [Target.parse(u, server_name) for u in cfg.all_targets]
+        #: the client context of an https upstream (raises ConfigError when its files do not
+        #: load); None for plain HTTP
+        self.tls: ReloadingTls | None = (
+            client_tls(f"upstreams.{name}.tls", tls_cfg) if cfg.https else None
+        )
+        self._tls_failing = False
         self._next = 0
         self._sweeper: asyncio.TimerHandle | None = None
         self._busy: set[UpstreamConnection] = set()
@@ -109,21 +142,51 @@ class UpstreamPool:
             if conn is not None:
                 return conn
         target.count += 1
+        tls = self.tls
         try:
-            _, proto = await asyncio.wait_for(
-                self.loop.create_connection(
+            if tls is None:
+                connecting = self.loop.create_connection(
                     lambda: UpstreamConnection(self, target), target.host, target.port
-                ),
-                self.cfg.connect_timeout,
-            )
+                )
+            else:
+                connecting = self.loop.create_connection(
+                    lambda: UpstreamConnection(self, target),
+                    target.host,
+                    target.port,
+                    ssl=tls.context,
+                    server_hostname=target.server_name,
+                )
+            _, proto = await asyncio.wait_for(connecting, self.cfg.connect_timeout)
         except TimeoutError:
             target.count -= 1
             raise UpstreamTimeoutError("upstream_connect_timeout") from None
-        except OSError:
+        except OSError as exc:
             target.count -= 1
             self._wake(target)
+            if tls is not None and isinstance(exc, _TLS_FAILURES):
+                if not self._tls_failing:  # one line per episode, not one per request
+                    self._tls_failing = True
+                    log.error(
+                        "upstream_tls_failed",
+                        upstream=self.name,
+                        target=f"{target.host}:{target.port}",
+                        detail=_tls_detail(exc),
+                    )
+                raise UpstreamError("upstream_tls") from None
             raise UpstreamError("upstream_refused") from None
+        self._tls_failing = False
         return proto
+
+    def refresh_tls(self, warn: bool = False) -> None:
+        """Re-read the client certificate files when they changed (new connections use them);
+        `warn`: say again that verification is off, when it is (a reload keeps this pool)."""
+        tls = self.tls
+        if tls is None:
+            return
+        tls_cfg = self.cfg.tls
+        if warn and tls_cfg is not None and tls_cfg.insecure_skip_verify:
+            log.warning("tls_verification_disabled", tls=tls.name)
+        tls.refresh()
 
     def release(self, conn: UpstreamConnection, reusable: bool) -> None:
         target = conn.target
@@ -173,3 +236,11 @@ class UpstreamPool:
         for target in self.targets:
             for conn in list(target.idle):
                 conn.close()
+
+
+def _tls_detail(exc: OSError) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return str(exc.verify_message or exc)
+    if isinstance(exc, ssl.SSLError):
+        return str(exc.reason or exc)
+    return "connection closed during the TLS handshake"

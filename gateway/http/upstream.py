@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import ssl
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, cast
@@ -103,7 +104,12 @@ class UpstreamConnection(asyncio.Protocol):
         if self._head_done and self._close_delimited:
             self._complete()  # the answer was delimited by the close
         elif not self._got_bytes:
-            self._fail(UpstreamResetError("upstream_reset"))
+            if _tls_alert(exc) and not self.reused:
+                # TLS 1.3: an upstream refuses our client certificate (or its absence) with
+                # an alert once our side of the handshake is done; never retried
+                self._fail(UpstreamError("upstream_tls"))
+            else:
+                self._fail(UpstreamResetError("upstream_reset"))
         else:
             self._fail(UpstreamError("upstream_truncated"))
 
@@ -357,3 +363,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.ex = None
         self.on_error = None
         self._tunnel_client = ex.switch_protocols(headers, rest, self.transport)
+
+
+def _tls_alert(exc: Exception | None) -> bool:
+    """A TLS error other than the peer closing (an EOF is a reset like any other)."""
+    return isinstance(exc, ssl.SSLError) and not isinstance(
+        exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)
+    )

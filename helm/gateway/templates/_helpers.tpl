@@ -90,24 +90,85 @@ Name of the Secret the pods read: existingSecret, or the one this chart creates.
 {{- end }}
 
 {{/*
-The rendered gateway configuration and the Secret references it needs, as one YAML document:
+Client TLS (towards an upstream or Redis) from a chart values block {caSecret, caKey,
+clientCertSecret, serverName, insecureSkipVerify}, merged into the `tls` block the config may
+already have. Input: dict "values" "tls" "id"; output YAML: {tls: {...}, mounts: [...]}, each
+mount {name, secret, path} a whole Secret (never subPath: the kubelet's updates must arrive).
+*/}}
+{{- define "gateway.clientTls" -}}
+{{- $t := .values | default dict }}
+{{- $tls := deepCopy (.tls | default dict) }}
+{{- $mounts := list }}
+{{- if $t.caSecret }}
+{{- $dir := printf "/etc/gateway-tls/%s-ca" .id }}
+{{- $mounts = append $mounts (dict "name" (printf "tls-%s-ca" .id) "secret" $t.caSecret "path" $dir) }}
+{{- $_ := set $tls "ca_file" (printf "%s/%s" $dir ($t.caKey | default "ca.crt")) }}
+{{- end }}
+{{- if $t.clientCertSecret }}
+{{- $dir := printf "/etc/gateway-tls/%s-client" .id }}
+{{- $mounts = append $mounts (dict "name" (printf "tls-%s-client" .id) "secret" $t.clientCertSecret "path" $dir) }}
+{{- $_ := set $tls "cert_file" (printf "%s/tls.crt" $dir) }}
+{{- $_ := set $tls "key_file" (printf "%s/tls.key" $dir) }}
+{{- end }}
+{{- if $t.serverName }}
+{{- $_ := set $tls "server_name" $t.serverName }}
+{{- end }}
+{{- if $t.insecureSkipVerify }}
+{{- $_ := set $tls "insecure_skip_verify" true }}
+{{- end }}
+{{- dict "tls" $tls "mounts" $mounts | toYaml }}
+{{- end }}
+
+{{/*
+The rendered gateway configuration and what the pod needs for it, as one YAML document:
 
   config:  gateway.yaml (docs/configuration.md)
   refs:    [{env, key, optional}] environment variables of the gateway container filled from the
            Secret, each named by a ${VAR} (or ${VAR:-}) placed in `config`
+  mounts:  [{name, secret, path}] Secrets mounted for the TLS files `config` names
 
 Both the ConfigMap and the Deployment read this one definition, so a ${VAR} in the config
-always has its env var in the container.
+always has its env var in the container, and a TLS file its mounted Secret.
 */}}
 {{- define "gateway.rendered" -}}
 {{- $v := .Values }}
 {{- $cfg := deepCopy ($v.config | default dict) }}
 {{- $refs := list }}
+{{- $mounts := list }}
 {{- /* Listeners: the chart owns the ports (probes, Service and NetworkPolicy use them). */}}
-{{- $_ := set $cfg "listen" (dict "host" "0.0.0.0" "port" (int $v.ports.http)) }}
-{{- $_ := set $cfg "admin" (dict "host" "0.0.0.0" "port" (int $v.ports.admin)) }}
+{{- $listen := dict "host" "0.0.0.0" "port" (int $v.ports.http) }}
+{{- $admin := dict "host" "0.0.0.0" "port" (int $v.ports.admin) }}
+{{- $_ := set $cfg "listen" $listen }}
+{{- $_ := set $cfg "admin" $admin }}
 {{- if $v.forwardAuth.enabled }}
 {{- $_ := set $cfg "forward_auth" (dict "host" "0.0.0.0" "port" (int $v.forwardAuth.port)) }}
+{{- end }}
+{{- /* HTTPS on the listeners from a kubernetes.io/tls Secret (cert-manager's shape). */}}
+{{- $t := $v.tls | default dict }}
+{{- if $t.secretName }}
+{{- $dir := "/etc/gateway-tls/listener" }}
+{{- $mounts = append $mounts (dict "name" "tls-listener" "secret" $t.secretName "path" $dir) }}
+{{- $ltls := dict "cert_file" (printf "%s/tls.crt" $dir) "key_file" (printf "%s/tls.key" $dir) "min_version" ($t.minVersion | default "1.2" | toString) }}
+{{- $main := deepCopy $ltls }}
+{{- $ca := $t.clientCA | default dict }}
+{{- if $ca.secretName }}
+{{- $caDir := $dir }}
+{{- if ne $ca.secretName $t.secretName }}
+{{- $caDir = "/etc/gateway-tls/client-ca" }}
+{{- $mounts = append $mounts (dict "name" "tls-client-ca" "secret" $ca.secretName "path" $caDir) }}
+{{- end }}
+{{- $_ := set $main "client_ca_file" (printf "%s/%s" $caDir ($ca.key | default "ca.crt")) }}
+{{- $_ := set $main "client_auth" ($ca.clientAuth | default "optional") }}
+{{- end }}
+{{- $_ := set $listen "tls" $main }}
+{{- if $t.admin }}
+{{- $_ := set $admin "tls" (deepCopy $ltls) }}
+{{- end }}
+{{- if and $t.forwardAuth $v.forwardAuth.enabled }}
+{{- $_ := set (get $cfg "forward_auth") "tls" (deepCopy $ltls) }}
+{{- end }}
+{{- else if or $t.admin $t.forwardAuth ($t.clientCA | default dict).secretName }}
+{{- fail "tls.admin, tls.forwardAuth and tls.clientCA need tls.secretName (the listener's certificate)" }}
 {{- end }}
 {{- /* The upstream named `app`: the application container, or upstream.url / targets. */}}
 {{- $app := dict "connect_timeout" $v.upstream.connectTimeout "timeout" $v.upstream.timeout }}
@@ -121,6 +182,22 @@ always has its env var in the container.
 {{- $upstreams := deepCopy (get $cfg "upstreams" | default dict) }}
 {{- $_ := set $upstreams "app" $app }}
 {{- $_ := set $cfg "upstreams" $upstreams }}
+{{- /* TLS towards https:// upstreams: CA and client-certificate Secrets, by upstream name. */}}
+{{- range $i, $name := (keys ($v.upstreamTLS | default dict) | sortAlpha) }}
+{{- $u := get $upstreams $name }}
+{{- if not $u }}
+{{- fail (printf "upstreamTLS.%s: no upstream named %q (app, or a key of config.upstreams)" $name $name) }}
+{{- end }}
+{{- $urls := (get $u "targets") | default (list (get $u "url" | default "")) }}
+{{- range $url := $urls }}
+{{- if not (hasPrefix "https://" ($url | toString)) }}
+{{- fail (printf "upstreamTLS.%s: the upstream's URL %q is not https://" $name $url) }}
+{{- end }}
+{{- end }}
+{{- $made := include "gateway.clientTls" (dict "values" (get $v.upstreamTLS $name) "tls" (get $u "tls") "id" (printf "upstream-%d" $i)) | fromYaml }}
+{{- $_ := set $u "tls" $made.tls }}
+{{- $mounts = concat $mounts ($made.mounts | default list) }}
+{{- end }}
 {{- /* Routes without an upstream go to `app`. */}}
 {{- $routes := list }}
 {{- range $r := (get $cfg "routes" | default list) }}
@@ -143,6 +220,12 @@ always has its env var in the container.
 {{- if $v.redis.cluster }}
 {{- $_ := set $redis "cluster" true }}
 {{- end }}
+{{- $rt := $v.redis.tls | default dict }}
+{{- if or $rt.caSecret $rt.clientCertSecret $rt.serverName $rt.insecureSkipVerify }}
+{{- $made := include "gateway.clientTls" (dict "values" $rt "id" "redis") | fromYaml }}
+{{- $_ := set $redis "tls" $made.tls }}
+{{- $mounts = concat $mounts ($made.mounts | default list) }}
+{{- end }}
 {{- $_ := set $cfg "redis" $redis }}
 {{- end }}
 {{- /* Token sources: introspection client secrets come from the Secret unless given. */}}
@@ -150,7 +233,7 @@ always has its env var in the container.
 {{- $sources := list }}
 {{- range $i, $s := (get $tokens "sources" | default (list (dict "type" "store"))) }}
 {{- $src := omit $s "clientSecretKey" }}
-{{- if and (eq (get $s "type" | toString) "introspection") (not (hasKey $s "client_secret")) (not (hasKey $s "client_secret_file")) }}
+{{- if and (eq (get $s "type" | toString) "introspection") (not (hasKey $s "client_secret")) (not (hasKey $s "client_secret_file")) (ne (get $s "auth_method" | toString) "tls_client_auth") }}
 {{- $env := printf "INTROSPECTION_CLIENT_SECRET_%d" $i }}
 {{- $_ := set $src "client_secret" (printf "${%s}" $env) }}
 {{- $refs = append $refs (dict "env" $env "key" (get $s "clientSecretKey" | default $v.introspection.clientSecretKey) "optional" false) }}
@@ -188,7 +271,19 @@ always has its env var in the container.
 {{- end }}
 {{- end }}
 {{- end }}
-{{- dict "config" $cfg "refs" $refs | toYaml }}
+{{- dict "config" $cfg "refs" $refs "mounts" $mounts | toYaml }}
+{{- end }}
+
+{{/*
+A probe of the gateway container: with HTTPS on the admin listener, its httpGet uses scheme
+HTTPS (the kubelet does not verify the certificate).
+*/}}
+{{- define "gateway.probe" -}}
+{{- $probe := deepCopy .probe }}
+{{- if and .https (hasKey $probe "httpGet") (not (hasKey $probe.httpGet "scheme")) }}
+{{- $_ := set $probe.httpGet "scheme" "HTTPS" }}
+{{- end }}
+{{- toYaml $probe }}
 {{- end }}
 
 {{/*
