@@ -63,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--self-test", action="store_true", help="run every printed command, check, and exit"
     )
+    d.add_argument("--tls", action="store_true", help="HTTPS with a throwaway CA and certificates")
     return p
 
 
@@ -196,7 +197,7 @@ def _run_workers(cfg: GatewayConfig, path: str, workers: int) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
-    return run_demo(args.port, args.self_test)
+    return run_demo(args.port, args.self_test, args.tls)
 
 
 COMMANDS = {
