@@ -412,11 +412,12 @@ async def test_plain_http_to_the_tls_port(echo_upstream, make_gateway, pki):
 
 
 async def test_tls_client_hello_to_a_plain_port(echo_upstream, make_gateway):
-    """A TLS ClientHello sent to the plain-HTTP port is answered 400 (or closed); nothing
+    """A TLS ClientHello sent to the plain-HTTP port is answered 400 and closed; nothing
     reaches the upstream; the listener goes on serving."""
     gw = await make_gateway(base_config(echo_upstream.url))
     out = await raw_exchange(gw.port, client_hello(), read_timeout=5)
-    assert out == b"" or out.startswith(b"HTTP/1.1 400 "), out[:100]
+    assert out.startswith(b"HTTP/1.1 400 "), out[:100]
+    assert b"\r\nconnection: close\r\n" in out
     assert echo_upstream.requests == 0
     async with aiohttp.ClientSession() as s, s.get(gw.url + "/after") as r:
         assert r.status == 200
@@ -518,3 +519,48 @@ async def test_handshake_timeout_is_ten_seconds_by_default(echo_upstream, make_g
     gw = await make_gateway(tls_config(echo_upstream.url, pki))
     assert gw.gateway.handshake_timeout == 10.0
     assert gw.gateway.ctx is not None and gw.gateway.ctx.header_timeout >= 10.0
+
+
+# ---------------------------------------------------------------------------- reload in process
+
+
+async def test_refresh_swaps_the_certificate_and_the_client_ca(echo_upstream, make_gateway, pki):
+    """Gateway.refresh_tls() (what SIGHUP and the file watcher call), under both loops: new
+    handshakes get the new certificate and are verified against the new client CA file; an
+    open connection keeps its own; nothing changes while the files do not."""
+    folder = pki.folder / "live"
+    folder.mkdir()
+    crt, key, cas = folder / "tls.crt", folder / "tls.key", folder / "clients.pem"
+    shutil.copy(pki.server.cert_file, crt)
+    shutil.copy(pki.server.key_file, key)
+    shutil.copy(pki.ca_file, cas)
+    block = {"cert_file": str(crt), "key_file": str(key), "client_ca_file": str(cas)}
+    listen = {"host": "127.0.0.1", "port": 0, "tls": block}
+    gw = await make_gateway(base_config(echo_upstream.url, listen=listen))
+    kept = await TlsClient.open(gw.port, trusting(pki, pki.client))
+    try:
+        assert (await kept.request("GET", "/1")).upstream(XFCC) == [expected_element(pki.client)]
+        gw.gateway.refresh_tls()  # unchanged files: nothing happens
+        assert gw.gateway.metrics.tls_reloads.labels("listen", "applied")._value.get() == 0
+        with pytest.raises(REFUSED):
+            await one_request(gw.port, trusting(pki, pki.stranger))
+        new = pki.leaf("renewed", ["localhost", "127.0.0.1"])
+        shutil.copy(new.cert_file, crt)
+        shutil.copy(new.key_file, key)
+        shutil.copy(pki.other_ca_file, cas)  # now only the unrelated CA's clients are let in
+        gw.gateway.refresh_tls()
+        assert gw.gateway.metrics.tls_reloads.labels("listen", "applied")._value.get() == 1
+        client = await TlsClient.open(gw.port, trusting(pki, pki.stranger))
+        try:
+            assert client.server_certificate() == new.der
+            got = await client.request("GET", "/stranger")
+            assert got.upstream(XFCC) == [expected_element(pki.stranger)]
+        finally:
+            await client.close()
+        with pytest.raises(REFUSED):
+            await one_request(gw.port, trusting(pki, pki.client))
+        again = await kept.request("GET", "/2")  # verified before the swap: goes on
+        assert again.upstream(XFCC) == [expected_element(pki.client)]
+        assert kept.server_certificate() == pki.server.der
+    finally:
+        await kept.close()
