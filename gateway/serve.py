@@ -50,6 +50,7 @@ class Gateway:
         self.servers: list[asyncio.Server] = []
         self.server: asyncio.Server | None = None
         self.admin: web.AppRunner | None = None
+        self.admin_server: asyncio.AbstractServer | None = None  # open while draining (/readyz)
         self.ports: dict[str, int] = {}
         #: every TLS context whose files are re-read on SIGHUP and when they change
         self.tls: list[ReloadingTls] = []
@@ -101,7 +102,11 @@ class Gateway:
             self.admin = web.AppRunner(app, access_log=None, handle_signals=False)
             await self.admin.setup()
             admin_sock = _bind(cfg.admin.host, cfg.admin.port, reuse_port)
-            await web.SockSite(self.admin, admin_sock, ssl_context=admin_tls).start()
+            # aiohttp's SockSite cannot bound a TLS handshake: its server is created here
+            assert self.admin.server is not None
+            self.admin_server = await loop.create_server(
+                self.admin.server, sock=admin_sock, backlog=128, **self._tls_args(admin_tls)
+            )
             self.ports["admin"] = admin_sock.getsockname()[1]
         if self.config_path or self.tls:
             self._watch = asyncio.create_task(self._watch_config())
@@ -243,6 +248,8 @@ class Gateway:
                 await self._watch
         for server in self.servers:
             server.close()
+        if self.admin_server is not None:
+            self.admin_server.close()
         if self.admin is not None:
             await self.admin.cleanup()
         if self.runtime is not None:

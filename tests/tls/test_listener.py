@@ -496,19 +496,24 @@ async def _closed_after(port: int, send: bytes, limit: float) -> float:
             await writer.wait_closed()
 
 
+@pytest.mark.parametrize("listener", ["listen", "forward_auth", "admin"])
 @pytest.mark.parametrize("send", ["nothing", "half-a-client-hello"])
-async def test_a_handshake_that_never_finishes_is_cut(echo_upstream, pki, send):
+async def test_a_handshake_that_never_finishes_is_cut(echo_upstream, pki, send, listener):
     """A TCP client that connects and says nothing, or sends half a ClientHello and waits,
-    is closed once the handshake timeout has passed: it does not hold a socket forever."""
-    gw = await _gateway_with_handshake_timeout(tls_config(echo_upstream.url, pki), 0.5)
+    is closed once the handshake timeout has passed, on every TLS listener: it does not hold
+    a socket forever. A real client is still served meanwhile."""
+    here = {"host": "127.0.0.1", "port": 0, "tls": tls(pki)}
+    cfg = tls_config(echo_upstream.url, pki, forward_auth=here, admin=here)
+    gw = await _gateway_with_handshake_timeout(cfg, 0.5)
     try:
         hello = client_hello()
         data = hello[: len(hello) // 2] if send != "nothing" else b""
-        port = gw.ports["listen"]
+        port = gw.ports[listener]
         waited = await asyncio.gather(*(_closed_after(port, data, 10) for _ in range(5)))
         assert all(0.3 < w < 5 for w in waited), waited
-        got = await one_request(port, trusting(pki))  # a real client is still served
-        assert got.status == 200
+        path = "/healthz" if listener == "admin" else "/"
+        got = await one_request(port, trusting(pki), path=path)
+        assert got.status in (200, 401)  # forward-auth: a decision without a token
     finally:
         await gw.close()
 
