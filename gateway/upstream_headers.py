@@ -60,8 +60,12 @@ def client_cert_element(der: bytes) -> bytes:
     """The `X-Forwarded-Client-Cert` element of a verified client certificate, as Envoy writes
     it: `Hash=<hex SHA-256 of the DER>;Subject="<RFC 4514 subject>"`. In the subject, a
     character outside visible ASCII becomes RFC 4514 `\\XX` escapes of its UTF-8 bytes (as
-    OpenSSL's RFC 2253 printing does), then `"` and `\\` are escaped with a backslash."""
-    subject = x509.load_der_x509_certificate(der).subject.rfc4514_string()
+    OpenSSL's RFC 2253 printing does), then `"` and `\\` are escaped with a backslash. A
+    certificate OpenSSL verified but `cryptography` cannot parse gets an empty subject."""
+    try:
+        subject = x509.load_der_x509_certificate(der).subject.rfc4514_string()
+    except ValueError:
+        subject = ""
     raw = subject.encode("utf-8")
     if _UNSAFE_VALUE.search(raw) is not None:
         raw = _UNSAFE_VALUE.sub(lambda m: b"\\%02X" % m.group()[0], raw)

@@ -569,3 +569,12 @@ async def test_refresh_swaps_the_certificate_and_the_client_ca(echo_upstream, ma
         assert kept.server_certificate() == pki.server.der
     finally:
         await kept.close()
+
+
+def test_xfcc_of_a_certificate_cryptography_cannot_parse():
+    """The hash is still given (it is what certificate-bound tokens compare); the subject is
+    empty rather than the request failing."""
+    der = b"\x30\x03\x02\x01\x00"  # DER, but not a certificate
+    assert client_cert_element(der) == (
+        f'Hash={hashlib.sha256(der).hexdigest()};Subject=""'.encode()
+    )
