@@ -67,24 +67,7 @@ def upstream_conf(root: Path, port: int) -> Path:
     return path
 
 
-def peer_conf(root: Path, port: int, auth_port: int, upstream_port: int, token: str) -> Path:
-    """The auth_request + proxy_cache peer (listening on `port`, auth endpoint on `auth_port`)."""
-    root.mkdir(parents=True, exist_ok=True)
-    body = f"""
-    proxy_cache_path {root}/authcache levels=1:2 keys_zone=auth:10m max_size=64m inactive=10m;
-    log_format bench '$remote_addr [$time_local] "$request" $status $body_bytes_sent '
-                     '$request_time $upstream_response_time';
-    upstream backend {{
-        server {HOST}:{upstream_port};
-        keepalive 64;
-    }}
-    upstream authsrv {{
-        server {HOST}:{auth_port};
-        keepalive 8;
-    }}
-    server {{
-        listen {HOST}:{port} backlog=4096;
-        access_log {root}/access.log bench buffer=64k;
+_PEER_LOCATIONS = """
         location = /_auth {{
             internal;
             proxy_pass http://authsrv/check;
@@ -106,8 +89,55 @@ def peer_conf(root: Path, port: int, auth_port: int, upstream_port: int, token: 
             proxy_set_header Authorization "";
             proxy_set_header X-Auth-Subject $auth_subject;
             proxy_set_header X-Forwarded-For $remote_addr;
-        }}
+        }}"""
+
+#: TLS as the gateway's listener offers it (gateway/tls.py): 1.2 and 1.3, ECDHE + AEAD
+_PEER_TLS = """
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_ciphers ECDHE+AESGCM:ECDHE+CHACHA20;
+        ssl_prefer_server_ciphers on;"""
+
+
+def peer_conf(
+    root: Path,
+    port: int,
+    auth_port: int,
+    upstream_port: int,
+    token: str,
+    tls: tuple[int, str, str] | None = None,
+) -> Path:
+    """The auth_request + proxy_cache peer (listening on `port`, auth endpoint on `auth_port`);
+    with `tls` = (port, cert_file, key_file), the same server over HTTPS on that port too."""
+    root.mkdir(parents=True, exist_ok=True)
+    locations = _PEER_LOCATIONS.format()
+    tls_server = ""
+    if tls is not None:
+        tls_port, cert, key = tls
+        tls_server = f"""
+    server {{
+        listen {HOST}:{tls_port} ssl backlog=4096;
+        access_log {root}/access.log bench buffer=64k;{_PEER_TLS.format(cert=cert, key=key)}
+{locations}
+    }}"""
+    body = f"""
+    proxy_cache_path {root}/authcache levels=1:2 keys_zone=auth:10m max_size=64m inactive=10m;
+    log_format bench '$remote_addr [$time_local] "$request" $status $body_bytes_sent '
+                     '$request_time $upstream_response_time';
+    upstream backend {{
+        server {HOST}:{upstream_port};
+        keepalive 64;
     }}
+    upstream authsrv {{
+        server {HOST}:{auth_port};
+        keepalive 8;
+    }}
+    server {{
+        listen {HOST}:{port} backlog=4096;
+        access_log {root}/access.log bench buffer=64k;
+{locations}
+    }}{tls_server}
     server {{
         listen {HOST}:{auth_port};
         access_log {root}/auth.log bench;  # one line per auth endpoint hit (cache misses)

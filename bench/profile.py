@@ -5,12 +5,14 @@ and JSON access log on, pinned to core 1), puts it under wrk load (core 0) on th
 samples it with `py-spy record --format raw` for `--duration` seconds, and prints the top
 functions by own samples (the leaf frame: time spent in the function's own code, including
 the C calls it makes) and by inclusive samples. Idle time is not sampled. `--native` adds
-C frames (uvloop, httptools, CPython) to the stacks.
+C frames (uvloop, httptools, CPython) to the stacks. `--tls` profiles a gateway with a TLS
+listener, `--close` a new connection per request (`Connection: close`).
 
 py-spy is not a project dependency: `.venv/bin/pip install py-spy`. Run as root (or with
 ptrace allowed).
 
     .venv/bin/python bench/profile.py [--duration 10] [--top 10] [--native] [--path /public]
+        [--tls] [--close]
 """
 
 from __future__ import annotations
@@ -88,22 +90,26 @@ def main() -> int:
     p.add_argument("--native", action="store_true", help="include C frames")
     p.add_argument("--path", default="/bench", help="/bench (token route) or /public")
     p.add_argument("--output", help="also keep the raw py-spy output in this file")
+    p.add_argument("--tls", action="store_true", help="the gateway's listener on TLS")
+    p.add_argument("--close", action="store_true", help="Connection: close on every request")
     a = p.parse_args()
     spy = py_spy()
     if loadgen.WRK is None:
         sys.exit("wrk is needed for profiling: apt-get install -y wrk")
-    args = argparse.Namespace(connections=32, no_nginx=False, no_wrk=False)
+    args = argparse.Namespace(connections=32, no_nginx=False, no_wrk=False, skip_tls=not a.tls)
     with temp_dir() as tmp:
         stack = Stack(tmp)
         bench = Bench(args, tmp, stack)
         try:
             up = bench.start_upstream()
             idp = bench.start_idp()
-            cfg = gateway_config(free_port(), up, idp)
+            cfg = gateway_config(free_port(), up, idp, tls=bench.cert)
             gw, port = bench.start_gateway("gateway", cfg, bench.core(1))
             logs = [bench.access_logs["gateway"]]
-            url = f"http://127.0.0.1:{port}{a.path}"
-            w = Workload("gw", "gateway", gw, url, token=a.path != "/public", log_files=logs)
+            url = f"{'https' if a.tls else 'http'}://127.0.0.1:{port}{a.path}"
+            w = Workload(
+                "gw", "gateway", gw, url, token=a.path != "/public", log_files=logs, close=a.close
+            )
             bench.check(w)
             bench.measure(w, 2, bench.core(0))  # warm-up
             result: dict[str, object] = {}

@@ -11,7 +11,10 @@ end (try/finally, by process group id), every file in one temp dir that is remov
   whose matched one is last;
 - the reference: a bare aiohttp reverse proxy (bench/bare_proxy.py);
 - the peer, when nginx is installed: nginx, 1 worker, `auth_request` with a cached subrequest,
-  buffered access log (bench/nginx.py).
+  buffered access log (bench/nginx.py);
+- TLS (with wrk): a third gateway with a TLS listener, and the same nginx peer serving HTTPS on a
+  second port, with one certificate (bench/certs.py, EC P-256) for both: keep-alive requests,
+  and new connections (`Connection: close`: one full handshake per request).
 
 The target under test runs on core 1 (`taskset -c 1`), the load generator (wrk -t1 -c32, else
 bench/loadgen.py), the upstream and the IdP on core 0. Runs are interleaved (gateway, bare,
@@ -32,6 +35,7 @@ import os
 import secrets
 import shutil
 import signal
+import ssl
 import statistics
 import subprocess
 import sys
@@ -42,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import certs
 import loadgen
 import nginx
 import yaml
@@ -57,10 +62,17 @@ PEER = "nginx auth_request+proxy_cache"
 
 
 def gateway_config(
-    port: int, upstream_port: int, idp_port: int, *, extra_routes: int = 0, workers: Any = 1
+    port: int,
+    upstream_port: int,
+    idp_port: int,
+    *,
+    extra_routes: int = 0,
+    workers: Any = 1,
+    tls: certs.ServerCert | None = None,
 ) -> dict[str, Any]:
     """The gateway's config: `/bench` (token, grant and scope checked) and `/public`; with
-    `extra_routes`, that many filler routes come first and `/bench` is the last route."""
+    `extra_routes`, that many filler routes come first and `/bench` is the last route; with
+    `tls`, the listener serves HTTPS with that certificate."""
     fillers: list[dict[str, Any]] = []
     for i in range(extra_routes):
         kind = i % 5
@@ -80,8 +92,11 @@ def gateway_config(
                     "methods": ["GET", "POST"],
                 }
             )
+    listen: dict[str, Any] = {"host": HOST, "port": port}
+    if tls is not None:
+        listen["tls"] = {"cert_file": tls.cert_file, "key_file": tls.key_file}
     cfg: dict[str, Any] = {
-        "listen": {"host": HOST, "port": port},
+        "listen": listen,
         "admin": {"host": HOST, "port": 0},
         "workers": workers,
         "log": {"level": "info", "format": "json", "access": True},
@@ -140,6 +155,8 @@ class Workload:
     post: bool = False
     token: bool = True
     role: str = "gateway"  # gateway | bare | peer
+    close: bool = False  # `Connection: close`: a new connection (a TLS handshake) per request
+    vs: str | None = None  # the peer row a gateway row is compared with (default: peer/peer_post)
     log_files: list[Path] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)
 
@@ -156,6 +173,8 @@ class Bench:
         self.two_cores = cores() >= 2
         self.use_nginx = nginx.NGINX is not None and not args.no_nginx
         self.use_wrk = loadgen.WRK is not None and not args.no_wrk
+        self.use_tls = self.use_wrk and not args.skip_tls  # the built-in generator is HTTP only
+        self.cert = certs.make(tmp / "tls") if self.use_tls else None
         self.post_script = loadgen.post_script(tmp / "post.lua", POST_BYTES)
         self._out: list[IO[bytes]] = []
         self.access_logs: dict[str, Path] = {}
@@ -203,20 +222,33 @@ class Bench:
         wait_port(port, proc=proc)
         return proc, port
 
-    def start_peer(self, upstream_port: int) -> tuple[Proc, int]:
+    def start_peer(self, upstream_port: int) -> tuple[Proc, int, int | None]:
+        """nginx: the plain port, and the TLS port (None without TLS rows)."""
         port, auth_port = free_port(), free_port()
         root = self.tmp / "nginx-peer"
-        conf = nginx.peer_conf(root, port, auth_port, upstream_port, self.token)
+        tls_port = free_port() if self.cert is not None else None
+        tls = (
+            (tls_port, self.cert.cert_file, self.cert.key_file) if self.cert and tls_port else None
+        )
+        conf = nginx.peer_conf(root, port, auth_port, upstream_port, self.token, tls)
         proc = self.stack.start("peer", pin(self.core(1)) + nginx.argv(conf))
         wait_port(port, proc=proc)
         wait_port(auth_port, proc=proc)
-        return proc, port
+        if tls_port is not None:
+            wait_port(tls_port, proc=proc)
+        return proc, port, tls_port
 
     # ------------------------------------------------------------------ checks
     def get(self, url: str, token: str | None) -> tuple[int, bytes]:
         port = int(url.split(":")[2].split("/")[0])
         path = "/" + url.split("/", 3)[3]
-        conn = http.client.HTTPConnection(HOST, port, timeout=10)
+        conn: http.client.HTTPConnection
+        if url.startswith("https:"):
+            assert self.cert is not None
+            ctx = ssl.create_default_context(cafile=self.cert.ca_file)
+            conn = http.client.HTTPSConnection(HOST, port, timeout=10, context=ctx)
+        else:
+            conn = http.client.HTTPConnection(HOST, port, timeout=10)
         try:
             headers = {"Authorization": f"Bearer {token}"} if token else {}
             conn.request("GET", path, headers=headers)
@@ -240,6 +272,8 @@ class Bench:
     # ------------------------------------------------------------------ load
     def load(self, w: Workload, seconds: float, core: int | None) -> loadgen.LoadResult:
         headers = {"Authorization": f"Bearer {self.token}"} if w.token else {}
+        if w.close:
+            headers["Connection"] = "close"
         conns = self.args.connections
         if self.use_wrk:
             script = self.post_script if w.post else None
@@ -284,10 +318,15 @@ class Bench:
         gw100, gw100_port = self.start_gateway(
             "gateway100", gateway_config(free_port(), up, idp, extra_routes=99), self.core(1)
         )
+        gw_tls = gw_tls_port = None
+        if self.cert is not None:
+            gw_tls, gw_tls_port = self.start_gateway(
+                "gateway_tls", gateway_config(free_port(), up, idp, tls=self.cert), self.core(1)
+            )
         bare, bare_port = self.start_bare(up)
-        peer = peer_port = None
+        peer = peer_port = peer_tls_port = None
         if self.use_nginx:
-            peer, peer_port = self.start_peer(up)
+            peer, peer_port, peer_tls_port = self.start_peer(up)
 
         def url(port: int, path: str) -> str:
             return f"http://{HOST}:{port}{path}"
@@ -348,6 +387,7 @@ class Bench:
                     log_files=peer_logs,
                 )
             )
+        rows += self.tls_rows(gw_tls, gw_tls_port, peer, peer_tls_port)
         for w in rows:
             self.check(w)
         warm = 1.0
@@ -366,6 +406,50 @@ class Bench:
             self.run_rss()
         load = Path("/proc/loadavg").read_text().split()[0]
         print(f"\nwhole run: {time.monotonic() - t0:.0f}s; load average at the end {load}")
+
+    def tls_rows(
+        self,
+        gw: Proc | None,
+        gw_port: int | None,
+        peer: Proc | None,
+        peer_port: int | None,
+    ) -> list[Workload]:
+        """The gateway with a TLS listener and nginx over TLS: keep-alive, then one new
+        connection (one full handshake) per request."""
+        if gw is None or gw_port is None:
+            return []
+        url = f"https://{HOST}:{gw_port}/bench"
+        logs = [self.access_logs["gateway_tls"]]
+        rows = [
+            Workload("gw_tls", "gateway TLS, token route", gw, url, log_files=logs, vs="peer_tls"),
+            Workload(
+                "gw_tls_new",
+                "gateway TLS, new conn per request",
+                gw,
+                url,
+                log_files=logs,
+                close=True,
+                vs="peer_tls_new",
+            ),
+        ]
+        if peer is not None and peer_port is not None:
+            purl = f"https://{HOST}:{peer_port}/bench"
+            plogs = [self.tmp / "nginx-peer" / "access.log"]
+            rows.insert(
+                1, Workload("peer_tls", f"{PEER} TLS", peer, purl, role="peer", log_files=plogs)
+            )
+            rows.append(
+                Workload(
+                    "peer_tls_new",
+                    "nginx TLS, new conn per request",
+                    peer,
+                    purl,
+                    role="peer",
+                    log_files=plogs,
+                    close=True,
+                )
+            )
+        return rows
 
     def run_workers(self, up: int, idp: int) -> None:
         """`workers: auto` (one process per core, SO_REUSEPORT) against 1 worker, unpinned."""
@@ -466,7 +550,7 @@ class Bench:
         for w in rows:
             rps = [s.rps for s in w.samples]
             spread = (max(rps) - min(rps)) / w.median("rps") * 100 if rps else 0.0
-            kind = "POST 1KiB" if w.post else "GET"
+            kind = "POST 1KiB" if w.post else "GET close" if w.close else "GET"
             line = (
                 f"  {kind:<10} {w.label:<34} {w.median('rps'):>8.0f} {max(rps):>7.0f} "
                 f"{spread:>6.0f}% {w.median('p50'):>7.2f} {w.median('p99'):>7.2f} "
@@ -474,8 +558,8 @@ class Bench:
                 f"{sum(s.non2xx for s in w.samples):>7} {sum(s.errors for s in w.samples):>8}"
             )
             if ref is not None and w.role == "gateway":
-                peer = ref.get("peer_post" if w.post else "peer")
-                bare = ref.get("bare") if not w.post else None
+                peer = ref.get(w.vs or ("peer_post" if w.post else "peer"))
+                bare = ref.get("bare") if not w.post and w.vs is None else None
                 line += f" {_ratio(w, peer):>8} {_ratio(w, bare):>8}"
             print(line)
 
@@ -504,6 +588,24 @@ class Bench:
             print(
                 f"  POST 1KiB gateway / nginx peer: req/s {g.median('rps') / o.median('rps'):.2f}x,"
                 f" CPU per request {g.median('cpu_us') / o.median('cpu_us'):.2f}x"
+            )
+        for key, what, unit in (
+            ("tls", "TLS keep-alive gateway / nginx", "request"),
+            ("tls_new", "new TLS connections gateway / nginx", "connection"),
+        ):
+            g, o = ref.get(f"gw_{key}"), ref.get(f"peer_{key}")
+            if g is not None and o is not None:
+                print(
+                    f"  {what}: req/s {g.median('rps') / o.median('rps'):.2f}x "
+                    f"({g.median('rps'):.0f} vs {o.median('rps'):.0f}; spread {_spread(g):.0f}% / "
+                    f"{_spread(o):.0f}%), CPU per {unit} {g.median('cpu_us'):.0f} vs "
+                    f"{o.median('cpu_us'):.0f} µs ({g.median('cpu_us') / o.median('cpu_us'):.2f}x)"
+                )
+        if "gw_tls" in ref:
+            rps = ref["gw_tls"].median("rps") / gw.median("rps")
+            cpu = ref["gw_tls"].median("cpu_us") / gw.median("cpu_us")
+            print(
+                f"  TLS / plain gateway, keep-alive: req/s {rps:.2f}x, CPU per request {cpu:.2f}x"
             )
         print("  " + self.compare("100 routes / 1 route", ref["gw100"], gw, 0.05))
         print("  " + self.compare("token route / public route", gw, ref["gw_public"], 0.10))
@@ -577,6 +679,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-nginx", action="store_true", help="built-in upstream, no nginx peer")
     p.add_argument("--no-wrk", action="store_true", help="built-in load generator")
     p.add_argument("--skip-rss", action="store_true", help="skip bench/rss_tokens.py")
+    p.add_argument("--skip-tls", action="store_true", help="no TLS rows (they need wrk)")
     args = p.parse_args(argv)
     if args.quick:
         args.duration, args.repeats, args.skip_rss = 2.0, 1, True

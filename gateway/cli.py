@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from gateway import __version__, build_kind
 from gateway.config import load_config
-from gateway.config.models import GatewayConfig
+from gateway.config.models import AdminConfig, ForwardAuthConfig, GatewayConfig, ListenConfig
 from gateway.config.units import format_duration, parse_duration
 from gateway.errors import ConfigError
 
@@ -63,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--self-test", action="store_true", help="run every printed command, check, and exit"
     )
+    d.add_argument("--tls", action="store_true", help="HTTPS with a throwaway CA and certificates")
     return p
 
 
@@ -78,8 +79,8 @@ def _summary(cfg: GatewayConfig) -> list[str]:
         redis = re.sub(r"//([^@/]*)@", "//***@", cfg.redis.url)
     sources = ", ".join(s.type for s in cfg.tokens.sources)
     lines = [
-        f"listen      {cfg.listen.host}:{cfg.listen.port}",
-        "admin       " + (f"{cfg.admin.host}:{cfg.admin.port}" if cfg.admin else "off"),
+        f"listen      {_where(cfg.listen)}",
+        "admin       " + (_where(cfg.admin) if cfg.admin else "off"),
         f"workers     {cfg.workers}",
         f"redis       {redis}",
         f"sources     {sources}",
@@ -91,12 +92,48 @@ def _summary(cfg: GatewayConfig) -> list[str]:
         f"routes      {len(cfg.routes)}",
     ]
     if cfg.forward_auth is not None:
-        lines.insert(2, f"forward_auth {cfg.forward_auth.host}:{cfg.forward_auth.port}")
+        lines.insert(2, f"forward_auth {_where(cfg.forward_auth)}")
     return lines
+
+
+def _where(listener: ListenConfig | AdminConfig | ForwardAuthConfig) -> str:
+    where = f"{listener.host}:{listener.port}"
+    tls = listener.tls
+    if tls is None:
+        return where
+    clients = tls.verify_clients
+    return f"{where} (TLS {tls.min_version}+" + (
+        f", client certificates {clients})" if clients else ")"
+    )
+
+
+def _check_tls_files(cfg: GatewayConfig) -> None:
+    """The listeners' certificate files load, as `serve` will need them to (ConfigError)."""
+    from gateway.tls import listener_files, listener_tls
+
+    problems: list[str] = []
+    for name, listener in (
+        ("listen", cfg.listen),
+        ("forward_auth", cfg.forward_auth),
+        ("admin", cfg.admin),
+    ):
+        if listener is None or listener.tls is None:
+            continue
+        unreadable = [f for f in listener_files(listener.tls) if not os.access(f, os.R_OK)]
+        if unreadable:  # named here: OpenSSL's error would not say which file
+            problems += [f"{name}.tls: cannot read {f}" for f in unreadable]
+            continue
+        try:
+            listener_tls(f"{name}.tls", listener.tls)
+        except ConfigError as exc:
+            problems += exc.problems
+    if problems:
+        raise ConfigError(problems)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     cfg = load_config(args.path)
+    _check_tls_files(cfg)
     print(f"{args.path}: OK")
     for line in _summary(cfg):
         print("  " + line)
@@ -196,7 +233,7 @@ def _run_workers(cfg: GatewayConfig, path: str, workers: int) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
-    return run_demo(args.port, args.self_test)
+    return run_demo(args.port, args.self_test, args.tls)
 
 
 COMMANDS = {

@@ -108,6 +108,12 @@ class Metrics:
         self.reloads = Counter(
             "gateway_config_reloads_total", "Config reloads.", ["outcome"], registry=r
         )
+        self.tls_reloads = Counter(
+            "gateway_tls_reloads_total",
+            "TLS certificate files re-read after a change.",
+            ["tls", "outcome"],
+            registry=r,
+        )
         self.observe = self.stats.observe
 
     def track_in_flight(self, read: Callable[[], float]) -> None:

@@ -7,7 +7,9 @@ import contextlib
 import hashlib
 import signal
 import socket
+import ssl
 from pathlib import Path
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -16,17 +18,23 @@ from gateway import build_kind
 from gateway.admin import build_admin_app
 from gateway.authn.validator import TokenValidator
 from gateway.config import load_config
-from gateway.config.models import GatewayConfig
+from gateway.config.models import GatewayConfig, ListenerTlsConfig
 from gateway.errors import ConfigError
-from gateway.http.server import ServerContext, make_protocol_factory
+from gateway.http.server import Handler, ServerContext, make_protocol_factory
 from gateway.logs import setup_logging
 from gateway.metrics import Metrics
 from gateway.redis_conn import connect_redis
 from gateway.runtime import Runtime
+from gateway.tls import ReloadingTls, listener_tls
 
 log = structlog.get_logger("gateway")
 _WATCH_INTERVAL = 2.0
 _RETIRE_GRACE = 60.0  # a replaced validator serves the lookups in flight this long, then closes
+#: A TLS handshake not finished by then is cut (a connection that says nothing, or half a
+#: ClientHello, must not hold a socket; the header timeout starts only once it is done)
+HANDSHAKE_TIMEOUT = 10.0
+#: A closing TLS connection waits this long for the client's close_notify, then is cut
+TLS_SHUTDOWN_TIMEOUT = 5.0
 
 
 class Gateway:
@@ -42,7 +50,11 @@ class Gateway:
         self.servers: list[asyncio.Server] = []
         self.server: asyncio.Server | None = None
         self.admin: web.AppRunner | None = None
+        self.admin_server: asyncio.AbstractServer | None = None  # open while draining (/readyz)
         self.ports: dict[str, int] = {}
+        #: every TLS context whose files are re-read on SIGHUP and when they change
+        self.tls: list[ReloadingTls] = []
+        self.handshake_timeout = HANDSHAKE_TIMEOUT
         self.draining = False
         self._config_digest = _digest(config_path)
         self._watch: asyncio.Task[None] | None = None
@@ -63,25 +75,35 @@ class Gateway:
 
     async def start(self, reuse_port: bool = False) -> None:
         cfg = self.cfg
+        # TLS files first: a pair that does not load stops the start before anything is bound
+        listen_tls = self._listener_tls("listen", cfg.listen.tls)
+        fa = cfg.forward_auth
+        fa_tls = self._listener_tls("forward_auth", fa.tls if fa is not None else None)
+        admin_tls = self._listener_tls("admin", cfg.admin.tls if cfg.admin is not None else None)
         validator = await self._build_validator(cfg)
         try:
             self.runtime = rt = Runtime(cfg, validator, self.metrics)
         except ConfigError:  # an upstream's TLS files do not load
             await validator.close()
             raise
-        self.ctx = ctx = ServerContext(handler=rt.pipeline.handle)
+        self.ctx = ctx = _server_context(rt.pipeline.handle, cfg.listen.tls)
         self._apply_limits(cfg)
         self.metrics.track_in_flight(lambda: float(ctx.in_flight))
         loop = asyncio.get_running_loop()
         sock = _bind(cfg.listen.host, cfg.listen.port, reuse_port)
-        self.server = await loop.create_server(make_protocol_factory(ctx), sock=sock, backlog=4096)
+        self.server = await loop.create_server(
+            make_protocol_factory(ctx), sock=sock, backlog=4096, **self._tls_args(listen_tls)
+        )
         self.servers.append(self.server)
         self.ports["listen"] = sock.getsockname()[1]
         if cfg.forward_auth is not None:
-            self.fa_ctx = ServerContext(handler=rt.decider.handle)
+            self.fa_ctx = _server_context(rt.decider.handle, cfg.forward_auth.tls)
+            self._apply_limits(cfg)
             fa_sock = _bind(cfg.forward_auth.host, cfg.forward_auth.port, reuse_port)
             self.servers.append(
-                await loop.create_server(make_protocol_factory(self.fa_ctx), sock=fa_sock)
+                await loop.create_server(
+                    make_protocol_factory(self.fa_ctx), sock=fa_sock, **self._tls_args(fa_tls)
+                )
             )
             self.ports["forward_auth"] = fa_sock.getsockname()[1]
         if cfg.admin is not None:
@@ -89,13 +111,46 @@ class Gateway:
             self.admin = web.AppRunner(app, access_log=None, handle_signals=False)
             await self.admin.setup()
             admin_sock = _bind(cfg.admin.host, cfg.admin.port, reuse_port)
-            await web.SockSite(self.admin, admin_sock).start()
+            # aiohttp's SockSite cannot bound a TLS handshake: its server is created here
+            assert self.admin.server is not None
+            self.admin_server = await loop.create_server(
+                self.admin.server, sock=admin_sock, backlog=128, **self._tls_args(admin_tls)
+            )
             self.ports["admin"] = admin_sock.getsockname()[1]
-        if self.config_path:
+        if self.config_path or self.tls:
             self._watch = asyncio.create_task(self._watch_config())
         log.info(
             "gateway_started", ports=self.ports, routes=len(rt.routes.routes), build=build_kind()
         )
+
+    def _listener_tls(self, name: str, cfg: ListenerTlsConfig | None) -> ssl.SSLContext | None:
+        """The context a TLS listener is created with (None: plain HTTP); its reloading holder
+        joins self.tls. Raises ConfigError when the files do not load."""
+        if cfg is None:
+            return None
+        outer, holder = listener_tls(name, cfg)
+        self.tls.append(holder)
+        return outer
+
+    def _tls_args(self, context: ssl.SSLContext | None) -> dict[str, Any]:
+        if context is None:
+            return {}
+        return {
+            "ssl": context,
+            "ssl_handshake_timeout": self.handshake_timeout,
+            "ssl_shutdown_timeout": TLS_SHUTDOWN_TIMEOUT,
+        }
+
+    def refresh_tls(self) -> None:
+        """Re-read the certificate files that changed: new handshakes get the new pair, open
+        connections keep theirs; a pair that does not load is refused (logged) and the old one
+        keeps serving."""
+        for holder in self.tls:
+            refusals = holder.refusals
+            if holder.refresh():
+                self.metrics.tls_reloads.labels(holder.name, "applied").inc()
+            elif holder.refusals != refusals:
+                self.metrics.tls_reloads.labels(holder.name, "refused").inc()
 
     def _contexts(self) -> list[ServerContext]:
         return [c for c in (self.ctx, self.fa_ctx) if c is not None]
@@ -109,8 +164,10 @@ class Gateway:
             ctx.max_in_flight = cfg.limits.max_in_flight
 
     async def reload(self) -> bool:
-        """Swap in a new config; an invalid one is refused and the old one keeps serving."""
+        """Swap in a new config (an invalid one is refused and the old one keeps serving), and
+        re-read the TLS files that changed."""
         async with self._reload_lock:
+            self.refresh_tls()
             return await self._reload()
 
     async def _reload(self) -> bool:
@@ -181,9 +238,11 @@ class Gateway:
         self._retiring[task] = validator
 
     async def _watch_config(self) -> None:
-        """Kubernetes swaps ConfigMap files through a symlink: watch the content, not the inode."""
+        """Kubernetes swaps ConfigMap and Secret files through a symlink: watch the content of
+        the config file and of the TLS files, not the inode."""
         while True:
             await asyncio.sleep(_WATCH_INTERVAL)
+            self.refresh_tls()
             self._refresh_client_tls()
             digest = _digest(self.config_path)
             if digest is not None and digest != self._config_digest:
@@ -223,6 +282,8 @@ class Gateway:
                 await self._watch
         for server in self.servers:
             server.close()
+        if self.admin_server is not None:
+            self.admin_server.close()
         if self.admin is not None:
             await self.admin.cleanup()
         if self.runtime is not None:
@@ -241,6 +302,16 @@ class Gateway:
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(self.drain()))
         await self._stopped.wait()
         log.info("gateway_stopped")
+
+
+def _server_context(handler: Handler, tls: ListenerTlsConfig | None) -> ServerContext:
+    """A listener's shared state; on TLS its connections say `https` (X-Forwarded-Proto) and,
+    when clients are asked for certificates, carry the verified one."""
+    if tls is None:
+        return ServerContext(handler=handler)
+    return ServerContext(
+        handler=handler, scheme="https", client_certs=tls.verify_clients is not None
+    )
 
 
 def _bind(host: str, port: int, reuse_port: bool) -> socket.socket:

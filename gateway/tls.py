@@ -103,6 +103,7 @@ class ReloadingTls:
         self._build = build
         self._digest = _digest(files)
         self._refused: bytes | None = None  # the content last refused (logged once)
+        self.refusals = 0  # pairs refused so far (for the reload metric)
         try:
             self.context = build()
         except (OSError, ssl.SSLError, ValueError) as exc:
@@ -117,6 +118,7 @@ class ReloadingTls:
             context = self._build()
         except (OSError, ssl.SSLError, ValueError) as exc:
             self._refused = digest
+            self.refusals += 1
             log.error("tls_reload_refused", tls=self.name, reason=_reason(exc))
             return False
         self.context = context

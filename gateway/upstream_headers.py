@@ -4,15 +4,18 @@ how it is written on the wire is the HTTP layer's business (gateway/http/outgoin
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from collections.abc import Iterable
 from typing import Final
 
+from cryptography import x509
+
 from gateway.authn.info import TokenInfo
 from gateway.extract import strip_credentials_query
 from gateway.http import wire
-from gateway.http.exchange import Exchange
+from gateway.http.exchange import ClientConnection, Exchange
 from gateway.http.outgoing import OutgoingRequest
 from gateway.routing import Route
 
@@ -53,6 +56,39 @@ def identity_block(info: TokenInfo) -> bytes:
     return block
 
 
+def client_cert_element(der: bytes) -> bytes:
+    """The `X-Forwarded-Client-Cert` element of a verified client certificate, as Envoy writes
+    it: `Hash=<hex SHA-256 of the DER>;Subject="<RFC 4514 subject>"`. In the subject, a
+    character outside visible ASCII becomes RFC 4514 `\\XX` escapes of its UTF-8 bytes (as
+    OpenSSL's RFC 2253 printing does), then `"` and `\\` are escaped with a backslash. A
+    certificate OpenSSL verified but `cryptography` cannot parse gets an empty subject."""
+    try:
+        subject = x509.load_der_x509_certificate(der).subject.rfc4514_string()
+    except ValueError:
+        subject = ""
+    raw = subject.encode("utf-8")
+    if _UNSAFE_VALUE.search(raw) is not None:
+        raw = _UNSAFE_VALUE.sub(lambda m: b"\\%02X" % m.group()[0], raw)
+    quoted = raw.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+    return b"Hash=" + hashlib.sha256(der).hexdigest().encode() + b';Subject="' + quoted + b'"'
+
+
+def _client_cert_line(conn: ClientConnection, cert: bytes | None, forwarded: bytes) -> bytes:
+    """The `X-Forwarded-Client-Cert` line: what a trusted proxy sent (`forwarded`), then the
+    element of this connection's certificate after a comma (rendered once per connection)."""
+    own = conn.forwarded_cert
+    if own is None and cert is not None:
+        own = client_cert_element(cert)
+        conn.forwarded_cert = own
+    if own is None:
+        value = forwarded
+    elif forwarded:
+        value = forwarded + b"," + own
+    else:
+        value = own
+    return b"x-forwarded-client-cert: " + value + b"\r\n"
+
+
 class TrustedProxies:
     """Peers whose X-Forwarded-* are kept and appended to."""
 
@@ -81,6 +117,10 @@ HOP: Final = 1  # hop-by-hop: dropped, except Connection / Upgrade of a relayed 
 CREDENTIAL: Final = 2  # Authorization, appsecret proofs: only with forward_token
 APPEND_XFF: Final = 3  # X-Forwarded-For: appended to when the peer is trusted, else replaced
 KEEP_IF_TRUSTED: Final = 4  # X-Forwarded-Proto / -Host: kept from trusted peers, else replaced
+#: X-Forwarded-Client-Cert: kept from trusted peers (the verified certificate's element appended
+#: after a comma), else removed; its `_` spellings are removed from everyone
+CLIENT_CERT: Final = 5
+_CLIENT_CERT_NAME: Final = b"x-forwarded-client-cert"
 
 _OURS: Final = frozenset({b"x-request-id", b"content-length", b"expect", b"host"})
 ACTIONS: Final[dict[bytes, int]] = {
@@ -91,6 +131,7 @@ ACTIONS: Final[dict[bytes, int]] = {
     b"x-forwarded-for": APPEND_XFF,
     b"x-forwarded-proto": KEEP_IF_TRUSTED,
     b"x-forwarded-host": KEEP_IF_TRUSTED,
+    _CLIENT_CERT_NAME: CLIENT_CERT,
 }
 
 
@@ -106,9 +147,13 @@ def _spellings(name: bytes) -> list[bytes]:
     return out
 
 
-#: ACTIONS under every `-`/`_` spelling of each name: one dict lookup per header
+#: ACTIONS under every `-`/`_` spelling of each name: one dict lookup per header. A front proxy
+#: that sets X-Forwarded-Client-Cert passes a client's X_Forwarded_Client_Cert on untouched, so
+#: only the `-` spelling may come from a trusted proxy.
 SPECIAL: Final[dict[bytes, int]] = {
-    spelling: action for name, action in ACTIONS.items() for spelling in _spellings(name)
+    spelling: DROP if action == CLIENT_CERT and spelling != name else action
+    for name, action in ACTIONS.items()
+    for spelling in _spellings(name)
 }
 
 
@@ -119,7 +164,7 @@ def upstream_request(
     head = ex.head
     conn_tokens = head.conn_tokens
     forward_token = route.forward_token
-    xff = b""
+    xff = xfcc = b""
     kept_proto = kept_host = False
     kept: list[tuple[bytes, bytes]] = []
     for header in head.headers:
@@ -139,6 +184,9 @@ def upstream_request(
         elif action == APPEND_XFF:
             if trusted:
                 xff = header[1] if not xff else xff + b", " + header[1]
+        elif action == CLIENT_CERT:
+            if trusted and header[1] and name not in conn_tokens:
+                xfcc = header[1] if not xfcc else xfcc + b"," + header[1]
         elif trusted:  # KEEP_IF_TRUSTED
             if name.endswith(b"proto"):
                 kept_proto = True
@@ -147,6 +195,10 @@ def upstream_request(
             kept.append(header)
     host = head.host or ""
     ip = ex.client_ip
+    added = identity_block(info) if info is not None else b""
+    cert = ex.conn.peer_certificate
+    if cert is not None or xfcc:
+        added += _client_cert_line(ex.conn, cert, xfcc)
     return OutgoingRequest(
         head.method,
         route.upstream_path(head.path),
@@ -159,5 +211,5 @@ def upstream_request(
         head.request_id,
         ex.body_mode,
         ex.content_length,
-        identity_block(info) if info is not None else b"",
+        added,
     )

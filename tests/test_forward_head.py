@@ -1,6 +1,7 @@
 """Header names: lower-casing by a table of common spellings, and the upstream head's header
 policy table: every `-`/`_` spelling of a special header name is special, and nothing else is
-(the rule it replaced: look the name up again with `_` read as `-`)."""
+(the rule it replaced: look the name up again with `_` read as `-`), except that a `_` spelling
+of X-Forwarded-Client-Cert is always dropped (only the `-` one may come from a trusted proxy)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.http import wire
-from gateway.upstream_headers import ACTIONS, SPECIAL
+from gateway.upstream_headers import ACTIONS, CLIENT_CERT, DROP, SPECIAL
 
 
 def _old_rule(name: bytes) -> int | None:
     action = ACTIONS.get(name)
     if action is None and b"_" in name:
         action = ACTIONS.get(name.replace(b"_", b"-"))
+        if action == CLIENT_CERT:
+            action = DROP
     return action
 
 
@@ -38,6 +41,12 @@ def test_every_spelling_of_an_identity_header_is_special():
     assert SPECIAL[b"x_auth_client_id"] == SPECIAL[b"x-auth-client-id"]
     assert SPECIAL[b"x-auth_client-id"] == SPECIAL[b"x-auth-client-id"]
     assert b"x--auth-subject" not in SPECIAL and b"xauth-subject" not in SPECIAL
+
+
+def test_only_the_dash_spelling_of_xfcc_may_be_kept():
+    assert SPECIAL[b"x-forwarded-client-cert"] == CLIENT_CERT
+    assert SPECIAL[b"x_forwarded_client_cert"] == DROP
+    assert SPECIAL[b"x-forwarded-client_cert"] == DROP
 
 
 @given(

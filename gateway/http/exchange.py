@@ -36,6 +36,9 @@ class ClientConnection(asyncio.Protocol):
         self.client_ip = ""
         #: the verified client certificate (DER) on a TLS listener that asks for one
         self.peer_certificate: bytes | None = None
+        #: its `X-Forwarded-Client-Cert` element, rendered once per connection by the forward
+        #: stage (gateway/upstream_headers.py; opaque here)
+        self.forwarded_cert: bytes | None = None
         #: The authenticate stage's memo for this connection (opaque here): the last
         #: Authorization value, its token and digest, so that a keep-alive client resending it
         #: is neither parsed nor hashed again.

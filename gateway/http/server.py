@@ -47,6 +47,7 @@ class ServerContext:
 
     handler: Handler
     scheme: str = "http"  # what clients used to reach this listener (X-Forwarded-Proto)
+    client_certs: bool = False  # a TLS listener that asks clients for a certificate
     realm: str = "gateway"
     max_header_bytes: int = 16 * 1024
     max_header_count: int = 100
@@ -103,6 +104,11 @@ class HttpServerProtocol(ClientConnection):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
+        if self.ctx.client_certs:  # a TLS transport: connection_made comes after the handshake
+            tls = transport.get_extra_info("ssl_object")
+            der = tls.getpeercert(binary_form=True) if tls is not None else None
+            if der:
+                self.peer_certificate = der  # verified, or the handshake would have failed
         self.ctx.connections.add(self)
         self._arm_timer(self.ctx.header_timeout)
 
