@@ -147,11 +147,14 @@ def _spellings(name: bytes) -> list[bytes]:
     return out
 
 
-#: ACTIONS under every `-`/`_` spelling of each name: one dict lookup per header. A front proxy
-#: that sets X-Forwarded-Client-Cert passes a client's X_Forwarded_Client_Cert on untouched, so
-#: only the `-` spelling may come from a trusted proxy.
+#: what a trusted proxy may pass on: it sets these under their `-` names, and passes a client's
+#: `X_Forwarded_For`, `X_Forwarded_Proto`... on untouched, so their `_` spellings are dropped
+#: from everyone (an upstream reading `_` as `-` would otherwise take the client's value)
+_FROM_PROXIES: Final = frozenset({APPEND_XFF, KEEP_IF_TRUSTED, CLIENT_CERT})
+
+#: ACTIONS under every `-`/`_` spelling of each name: one dict lookup per header
 SPECIAL: Final[dict[bytes, int]] = {
-    spelling: DROP if action == CLIENT_CERT and spelling != name else action
+    spelling: DROP if action in _FROM_PROXIES and spelling != name else action
     for name, action in ACTIONS.items()
     for spelling in _spellings(name)
 }

@@ -1,7 +1,8 @@
 """Header names: lower-casing by a table of common spellings, and the upstream head's header
 policy table: every `-`/`_` spelling of a special header name is special, and nothing else is
 (the rule it replaced: look the name up again with `_` read as `-`), except that a `_` spelling
-of X-Forwarded-Client-Cert is always dropped (only the `-` one may come from a trusted proxy)."""
+of the headers a trusted proxy may pass on (X-Forwarded-For, -Proto, -Host, -Client-Cert) is
+always dropped (only the `-` one may come from a trusted proxy)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.http import wire
-from gateway.upstream_headers import ACTIONS, CLIENT_CERT, DROP, SPECIAL
+from gateway.upstream_headers import (
+    ACTIONS,
+    APPEND_XFF,
+    CLIENT_CERT,
+    DROP,
+    KEEP_IF_TRUSTED,
+    SPECIAL,
+)
 
 
 def _old_rule(name: bytes) -> int | None:
     action = ACTIONS.get(name)
     if action is None and b"_" in name:
         action = ACTIONS.get(name.replace(b"_", b"-"))
-        if action == CLIENT_CERT:
+        if action in (APPEND_XFF, KEEP_IF_TRUSTED, CLIENT_CERT):
             action = DROP
     return action
 

@@ -21,6 +21,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.fixtures.pki import Pki
+
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "gateway"
 KUBE_VERSION = "1.30.0"
@@ -204,10 +206,28 @@ def test_manifests_validate_against_kubernetes_schemas(chart: helm.Chart, case: 
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_rendered_config_passes_check_config(chart: helm.Chart, case: str, tmp_path: Path) -> None:
-    """`gateway check-config` accepts the ConfigMap's gateway.yaml with its ${VAR}s set."""
+def test_rendered_config_passes_check_config(
+    chart: helm.Chart, case: str, tmp_path: Path, pki: Pki
+) -> None:
+    """`gateway check-config` accepts the ConfigMap's gateway.yaml with its ${VAR}s set, and
+    loads the TLS files it names as they would be mounted from the Secrets (real test
+    certificates in place of the mount folder)."""
     docs = render(chart, CASES[case])
     text = gateway_config_text(docs)
+    mounted = tmp_path / "gateway-tls"
+    for found in sorted(set(re.findall(r"/etc/gateway-tls/[^\s'\"]+", text))):
+        target = mounted / found.removeprefix("/etc/gateway-tls/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source = (
+            pki.server.cert_file
+            if target.name == "tls.crt"
+            else pki.server.key_file
+            if target.name == "tls.key"
+            else pki.ca_file
+        )
+        target.write_bytes(Path(source).read_bytes())
+    assert ("tls" in case) == mounted.exists(), "the TLS cases, and only they, mount Secrets"
+    text = text.replace("/etc/gateway-tls/", f"{mounted}/")
     path = tmp_path / "gateway.yaml"
     path.write_text(text, encoding="utf-8")
     env = dict(os.environ)

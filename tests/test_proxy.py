@@ -52,6 +52,26 @@ async def test_forwarded_proto_is_the_listeners_scheme(echo_upstream, make_gatew
     assert protos == ["https"]
 
 
+async def test_trusted_proxy_headers_only_under_their_own_names(echo_upstream, make_gateway):
+    """A trusted proxy sets X-Forwarded-For/-Proto/-Host under their `-` names and passes a
+    client's `X_Forwarded_*` on untouched: those never reach the upstream (an upstream reading
+    `_` as `-` would take the client's forged value), while the proxy's own are kept."""
+    gw = await make_gateway(base_config(echo_upstream.url, trusted_proxies=["127.0.0.1/32"]))
+    raw = (
+        b"GET /p HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"X-Forwarded-For: 203.0.113.7\r\nX_Forwarded_For: 6.6.6.6\r\n"
+        b"X-Forwarded-Proto: https\r\nX_Forwarded_Proto: gopher\r\n"
+        b"X-Forwarded-Host: api.example\r\nX_Forwarded_Host: evil.example\r\n\r\n"
+    )
+    out = await raw_exchange(gw.port, raw)
+    body = orjson.loads(out.split(b"\r\n\r\n", 1)[1])
+    got = [(k.lower(), v) for k, v in body["headers"]]
+    assert not [k for k, _ in got if k.startswith("x_forwarded")]
+    assert ("x-forwarded-for", "203.0.113.7, 127.0.0.1") in got
+    assert ("x-forwarded-proto", "https") in got
+    assert ("x-forwarded-host", "api.example") in got
+
+
 @pytest.mark.parametrize(
     ("sent", "kept"),
     [
