@@ -73,7 +73,8 @@ class Forwarder:
                 exc = UpstreamError("upstream_reset")
             ex.fail(exc)
 
-        head = request.render(conn.target.base_path)
+        target = conn.target
+        head = request.render(target.base_path, target.authority)
         conn.send(ex, head, request.chunked, conn.pool.cfg.timeout, on_error)
         ex.on_gone = conn.abort
         ex.attach_sink(conn)

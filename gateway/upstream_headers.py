@@ -210,7 +210,7 @@ def upstream_request(
         kept,
         xff.decode("latin-1") + ", " + ip if xff else ip,
         None if kept_proto else scheme,
-        None if kept_host else host,
+        None if kept_host or not host else host,
         head.request_id,
         ex.body_mode,
         ex.content_length,

@@ -72,6 +72,18 @@ async def test_trusted_proxy_headers_only_under_their_own_names(echo_upstream, m
     assert ("x-forwarded-host", "api.example") in got
 
 
+async def test_http10_without_host_gets_the_upstreams_authority(echo_upstream, make_gateway):
+    """HTTP/1.0 may omit Host; the upstream request (HTTP/1.1) needs one: the upstream URL's
+    host:port is sent, and no empty X-Forwarded-Host."""
+    gw = await make_gateway(base_config(echo_upstream.url))
+    out = await raw_exchange(gw.port, b"GET /p HTTP/1.0\r\n\r\n")
+    assert _status(out) == 200
+    body = orjson.loads(out.split(b"\r\n\r\n", 1)[1])
+    got = {k.lower(): v for k, v in body["headers"]}
+    assert got["host"] == echo_upstream.url.removeprefix("http://")
+    assert "x-forwarded-host" not in got
+
+
 @pytest.mark.parametrize(
     ("sent", "kept"),
     [

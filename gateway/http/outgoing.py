@@ -13,9 +13,10 @@ from gateway.http.exchange import BODY_CHUNKED, BODY_LENGTH
 class OutgoingRequest:
     """Method, target, the client's headers that go on, and the headers the gateway writes.
 
+    `host` is empty when the client sent none (HTTP/1.0): the target's authority is sent.
     `forwarded_proto` / `forwarded_host` are None when a trusted proxy's own copy is among
-    `headers`; `added` holds extra header lines the gateway adds (the identity headers,
-    rendered once per token). Built once per request; rendered once per upstream attempt
+    `headers` (or, for the host, when there is none to tell); `added` holds extra header lines
+    the gateway adds (the identity headers, rendered once per token). Built once per request; rendered once per upstream attempt
     (a retry on a fresh connection may go to another target with another base path)."""
 
     __slots__ = (
@@ -66,11 +67,13 @@ class OutgoingRequest:
         """Whether the body is sent with chunked framing."""
         return self.body_mode == BODY_CHUNKED
 
-    def render(self, base_path: str) -> bytes:
-        """The HTTP/1.1 request head, for a target whose URL path is `base_path`."""
+    def render(self, base_path: str, authority: str) -> bytes:
+        """The HTTP/1.1 request head, for a target whose URL path is `base_path` and whose
+        `host[:port]` is `authority`."""
         path = base_path + self.path
         query = self.query
         target = path + "?" + query if query else path
+        host = self.host or authority
         proto = self.forwarded_proto
         fhost = self.forwarded_host
         proto_line = "x-forwarded-proto: " + proto + "\r\n" if proto is not None else ""
@@ -79,7 +82,7 @@ class OutgoingRequest:
         # of str pieces is one allocation, and one encode (all latin-1: they came off the wire)
         out: list[bytes] = [
             (
-                f"{self.method} {target} HTTP/1.1\r\nhost: {self.host}\r\nx-forwarded-for: "
+                f"{self.method} {target} HTTP/1.1\r\nhost: {host}\r\nx-forwarded-for: "
                 f"{self.forwarded_for}\r\nx-request-id: {self.request_id}\r\n"
                 f"{proto_line}{host_line}"
             ).encode("latin-1")

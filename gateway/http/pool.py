@@ -46,6 +46,8 @@ class Target:
     base_path: str
     #: the name sent as SNI and verified in the certificate; None: plain HTTP
     server_name: str | None = None
+    #: `host[:port]` as the URL writes it: the Host of a request whose client sent none
+    authority: str = ""
     idle: deque[UpstreamConnection] = field(default_factory=deque)
     count: int = 0
     waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
@@ -56,9 +58,11 @@ class Target:
         host (an IP address is then matched against the certificate's IP addresses)."""
         parts = urlsplit(url)
         host = parts.hostname or "127.0.0.1"
+        authority = parts.netloc.rpartition("@")[2] or host
+        path = parts.path.rstrip("/")
         if parts.scheme == "https":
-            return cls(host, parts.port or 443, parts.path.rstrip("/"), server_name or host)
-        return cls(host, parts.port or 80, parts.path.rstrip("/"))
+            return cls(host, parts.port or 443, path, server_name or host, authority)
+        return cls(host, parts.port or 80, path, None, authority)
 
 
 class UpstreamPool:
