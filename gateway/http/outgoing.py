@@ -16,8 +16,9 @@ class OutgoingRequest:
     `host` is empty when the client sent none (HTTP/1.0): the target's authority is sent.
     `forwarded_proto` / `forwarded_host` are None when a trusted proxy's own copy is among
     `headers` (or, for the host, when there is none to tell); `added` holds extra header lines
-    the gateway adds (the identity headers, rendered once per token). Built once per request; rendered once per upstream attempt
-    (a retry on a fresh connection may go to another target with another base path)."""
+    the gateway adds (the identity headers, rendered once per token). Built once per request;
+    rendered once per upstream attempt (a retry on a fresh connection may go to another target
+    with another base path)."""
 
     __slots__ = (
         "added",
