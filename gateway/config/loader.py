@@ -20,6 +20,10 @@ from gateway.errors import ConfigError
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SOURCE_TAGS = {"store", "jwt", "introspection"}
+#: keys that are paths by nature: the gateway reads those files itself (and re-reads them when
+#: they change), so they are kept as paths (relative ones against the config file's folder)
+#: rather than replaced by their content like other `x_file` keys
+PATH_KEYS = frozenset({"cert_file", "key_file", "ca_file", "client_ca_file", "nonce_secret_file"})
 
 
 def key_path(loc: tuple[int | str, ...]) -> str:
@@ -53,7 +57,8 @@ def _substitute(text: str, path: str, env: Mapping[str, str], problems: list[str
 
 
 def _resolve(node: Any, path: str, env: Mapping[str, str], base: Path, problems: list[str]) -> Any:
-    """Walk the YAML tree: substitute variables in strings, replace `x_file` keys by `x`."""
+    """Walk the YAML tree: substitute variables in strings, replace `x_file` keys by `x`
+    (except PATH_KEYS, made absolute)."""
     if isinstance(node, str):
         return _substitute(node, path, env, problems)
     if isinstance(node, list):
@@ -64,6 +69,9 @@ def _resolve(node: Any, path: str, env: Mapping[str, str], base: Path, problems:
     for key, value in node.items():
         sub = f"{path}.{key}" if path else str(key)
         value = _resolve(value, sub, env, base, problems)
+        if key in PATH_KEYS:
+            out[key] = str(base / value) if isinstance(value, str) and value else value
+            continue
         if isinstance(key, str) and key.endswith("_file") and len(key) > 5:
             target = key[:-5]
             if target in node:
