@@ -117,22 +117,34 @@ def _algorithm(name: str) -> _Alg:
     raise ValueError(f"unsupported DPoP algorithm {name}")
 
 
-class KeyCache:
-    """Parsed public keys by thumbprint: a client signs every proof with one key, and parsing
-    a JWK (an RSA key above all) costs more than verifying with it. Bounded; cleared when full."""
+class _Header:
+    """What a proof's (valid) JOSE header gives: the algorithm, the key and its thumbprint."""
+
+    __slots__ = ("alg", "jkt", "key")
+
+    def __init__(self, alg: _Alg, jkt: str, key: Any) -> None:
+        self.alg = alg
+        self.jkt = jkt
+        self.key = key
+
+
+class HeaderCache:
+    """Checked headers by their exact base64url segment: a client sends the same header (typ,
+    alg, jwk) with every proof, and decoding it, computing the thumbprint and parsing the key
+    (an RSA key above all) cost more than verifying a signature (see bench/bound.py). Only
+    headers that passed every check are kept. Bounded; cleared when full."""
 
     def __init__(self, size: int = 4096) -> None:
         self.size = size
-        self._keys: dict[tuple[str, str], Any] = {}
+        self._headers: dict[str, _Header] = {}
 
-    def get(self, jkt: str, kty: str, jwk: dict[str, Any], alg: _Alg) -> Any:
-        found = self._keys.get((jkt, kty))
-        if found is None:
-            found = alg.verifier.from_jwk(jwk)
-            if len(self._keys) >= self.size:
-                self._keys.clear()
-            self._keys[(jkt, kty)] = found
-        return found
+    def get(self, segment: str) -> _Header | None:
+        return self._headers.get(segment)
+
+    def put(self, segment: str, header: _Header) -> None:
+        if len(self._headers) >= self.size:
+            self._headers.clear()
+        self._headers[segment] = header
 
 
 # -- nonces -------------------------------------------------------------------------------------
@@ -308,7 +320,8 @@ class DpopVerifier:
         self.max_age = cfg.max_age
         self.algorithms: dict[str, _Alg] = {name: _algorithm(name) for name in cfg.algorithms}
         self.algs = 'algs="' + " ".join(cfg.algorithms) + '"'
-        self.keys = KeyCache()
+        self.headers = HeaderCache()
+        self._uris: dict[str, str | None] = {}  # htu -> canonical_uri(htu), bounded
         self.nonces = NonceSource(cfg.max_age, cfg.nonce_secret_file) if cfg.nonce else None
         self.replay = local_replay(cfg.max_age + FUTURE_SKEW)
         self.shared: SharedReplay | None = None
@@ -332,7 +345,48 @@ class DpopVerifier:
         parts = text.split(".")
         if len(parts) != 3:
             raise _refuse("dpop_malformed")
-        header = _segment_json(parts[0], "dpop_malformed")
+        header = self.headers.get(parts[0])
+        if header is None:
+            header = self._header(parts[0])
+            self.headers.put(parts[0], header)
+        try:
+            signature = b64url_decode(parts[2])
+        except ValueError:
+            raise _refuse("dpop_malformed") from None
+        signed = (parts[0] + "." + parts[1]).encode("ascii")
+        try:
+            ok = header.alg.verifier.verify(signed, header.key, signature)
+        except Exception:
+            ok = False
+        if not ok:
+            raise _refuse("dpop_signature")
+        jkt = header.jkt
+        claims = _segment_json(parts[1], "dpop_malformed")
+        jti = claims.get("jti")
+        if not isinstance(jti, str) or not jti or len(jti) > MAX_JTI_LENGTH:
+            raise _refuse("dpop_jti")
+        if claims.get("htm") != method:
+            raise _refuse("dpop_htm")
+        htu = claims.get("htu")
+        if not isinstance(htu, str) or self._canonical(htu) != uri:
+            raise _refuse("dpop_htu")
+        nonces = self.nonces
+        if nonces is not None and not nonces.valid(claims.get("nonce"), now):
+            raise UseDpopNonceError("dpop_nonce")
+        iat = claims.get("iat")
+        if isinstance(iat, bool) or not isinstance(iat, int | float):
+            raise _refuse("dpop_iat")
+        if iat < now - self.max_age or iat > now + FUTURE_SKEW:
+            raise _refuse("dpop_iat_window")
+        ath = claims.get("ath")
+        if not isinstance(ath, str) or not hmac.compare_digest(ath, token_hash(token)):
+            raise _refuse("dpop_ath")
+        replay_key = hashlib.sha256(f"{jkt}:{jti}".encode()).hexdigest()[:32]
+        return Proof(jkt, replay_key)
+
+    def _header(self, segment: str) -> _Header:
+        """RFC 9449 4.3 points 4-6 (but the signature): typ, alg, a public jwk of its type."""
+        header = _segment_json(segment, "dpop_malformed")
         if header.get("typ") != "dpop+jwt":
             raise _refuse("dpop_typ")
         alg_name = header.get("alg")
@@ -348,40 +402,18 @@ class DpopVerifier:
         if kty != alg.kty or (alg.curves is not None and jwk.get("crv") not in alg.curves):
             raise _refuse("dpop_jwk_alg_mismatch")
         try:
-            jkt = jwk_thumbprint(jwk)
-            key = self.keys.get(jkt, alg.kty, jwk, alg)
-            signature = b64url_decode(parts[2])
+            return _Header(alg, jwk_thumbprint(jwk), alg.verifier.from_jwk(jwk))
         except Exception:  # whatever a bad key makes PyJWT / cryptography raise
             raise _refuse("dpop_jwk_invalid") from None
-        signed = (parts[0] + "." + parts[1]).encode("ascii")
-        try:
-            ok = alg.verifier.verify(signed, key, signature)
-        except Exception:
-            ok = False
-        if not ok:
-            raise _refuse("dpop_signature")
-        claims = _segment_json(parts[1], "dpop_malformed")
-        jti = claims.get("jti")
-        if not isinstance(jti, str) or not jti or len(jti) > MAX_JTI_LENGTH:
-            raise _refuse("dpop_jti")
-        if claims.get("htm") != method:
-            raise _refuse("dpop_htm")
-        htu = claims.get("htu")
-        if not isinstance(htu, str) or canonical_uri(htu) != uri:
-            raise _refuse("dpop_htu")
-        nonces = self.nonces
-        if nonces is not None and not nonces.valid(claims.get("nonce"), now):
-            raise UseDpopNonceError("dpop_nonce")
-        iat = claims.get("iat")
-        if isinstance(iat, bool) or not isinstance(iat, int | float):
-            raise _refuse("dpop_iat")
-        if iat < now - self.max_age or iat > now + FUTURE_SKEW:
-            raise _refuse("dpop_iat_window")
-        ath = claims.get("ath")
-        if not isinstance(ath, str) or not hmac.compare_digest(ath, token_hash(token)):
-            raise _refuse("dpop_ath")
-        replay_key = hashlib.sha256(f"{jkt}:{jti}".encode()).hexdigest()[:32]
-        return Proof(jkt, replay_key)
+
+    def _canonical(self, htu: str) -> str | None:
+        found = self._uris.get(htu, False)
+        if found is False:
+            found = canonical_uri(htu)
+            if len(self._uris) >= 4096:
+                self._uris.clear()
+            self._uris[htu] = found
+        return found  # type: ignore[return-value]
 
     def first_local(self, proof: Proof) -> None:
         """This process's replay record (raises for a `jti` seen within max_age)."""
