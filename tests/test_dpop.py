@@ -176,8 +176,8 @@ SPOILED = {
     "htu_path": {"proof_url": "http://{host}/other"},
     "htu_host": {"proof_url": "http://evil.example:{port}/x"},
     "htu_scheme": {"proof_url": "https://{host}/x"},
-    "iat_old": {"iat": time.time() - 120},
-    "iat_future": {"iat": time.time() + 30},
+    "iat_old": {"iat_offset": -120.0},  # max_age is 60 s
+    "iat_future": {"iat_offset": 30.0},  # 5 s ahead are allowed
     "iat_string": {"claims": {"iat": "now"}},
     "no_jti": {"drop": ("jti",)},
     "ath_wrong": {"claims": {"ath": "x" * 43}},
@@ -191,6 +191,8 @@ async def test_bad_proofs(make_gateway, echo_upstream, fault: str) -> None:
     s = await _setup(make_gateway, echo_upstream)
     spoil = dict(SPOILED[fault])
     host = f"127.0.0.1:{s.gw.port}"
+    if "iat_offset" in spoil:  # relative to now, when the test runs
+        spoil["iat"] = time.time() + spoil.pop("iat_offset")
     if "proof_url" in spoil:
         spoil["proof_url"] = spoil["proof_url"].format(host=host, port=s.gw.port)
     if spoil.get("jwk") == "private":
@@ -470,3 +472,11 @@ def _gateway_cmd() -> list[str]:
     import sys
 
     return [sys.executable, "-m", "gateway"]
+
+
+async def test_iat_window_edges(make_gateway, echo_upstream) -> None:
+    """`iat` up to max_age in the past and 5 s in the future is accepted."""
+    s = await _setup(make_gateway, echo_upstream)
+    for offset in (-55.0, 4.0):
+        status, _, body = await s.call("/x", iat=time.time() + offset)
+        assert status == 200, (offset, body)
