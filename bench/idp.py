@@ -2,10 +2,12 @@
 
 POST /introspect (form `token=...`) answers `{"active": true, "client_id": "bench", "sub": "u",
 "scope": "bench", "grant_type": "authorization_code", "exp": now+3600}` for the bench token and
-`{"active": false}` otherwise. GET /count says how many introspections it answered (the gateway
-caches the answer, so this stays at one per gateway process).
+`{"active": false}` otherwise; the answer names the bench resource (`aud`). With `--bound
+TOKEN=JKT` (repeatable) it also knows DPoP-bound tokens (`cnf.jkt`). GET /count says how many
+introspections it answered (the gateway caches the answer, so this stays at one per gateway
+process).
 
-    python bench/idp.py --port 9100 --token TOKEN
+    python bench/idp.py --port 9100 --token TOKEN [--bound TOKEN=JKT ...]
 """
 
 from __future__ import annotations
@@ -15,25 +17,31 @@ import time
 from aiohttp import web
 from procs import serve_helper
 
+RESOURCE = "https://bench.example/api"
 
-def build_app(token: str) -> web.Application:
+
+def build_app(token: str, bound: dict[str, str] | None = None) -> web.Application:
     calls = {"introspect": 0}
+    bound = bound or {}
 
     async def introspect(request: web.Request) -> web.Response:
         calls["introspect"] += 1
         form = await request.post()
-        if form.get("token") != token:
+        sent = form.get("token")
+        if sent != token and sent not in bound:
             return web.json_response({"active": False})
-        return web.json_response(
-            {
-                "active": True,
-                "client_id": "bench",
-                "sub": "u",
-                "scope": "bench",
-                "grant_type": "authorization_code",
-                "exp": int(time.time()) + 3600,
-            }
-        )
+        answer = {
+            "active": True,
+            "client_id": "bench",
+            "sub": "u",
+            "scope": "bench",
+            "grant_type": "authorization_code",
+            "exp": int(time.time()) + 3600,
+            "aud": RESOURCE,
+        }
+        if sent in bound:
+            answer["cnf"] = {"jkt": bound[str(sent)]}
+        return web.json_response(answer)
 
     async def count(_: web.Request) -> web.Response:
         return web.json_response(calls)
@@ -46,7 +54,10 @@ def build_app(token: str) -> web.Application:
 
 def main() -> None:
     serve_helper(
-        lambda args: build_app(args.token), __doc__.splitlines()[0], token={"required": True}
+        lambda args: build_app(args.token, dict(b.split("=", 1) for b in args.bound or [])),
+        __doc__.splitlines()[0],
+        token={"required": True},
+        bound={"action": "append"},
     )
 
 

@@ -20,7 +20,9 @@ The target under test runs on core 1 (`taskset -c 1`), the load generator (wrk -
 bench/loadgen.py), the upstream and the IdP on core 0. Runs are interleaved (gateway, bare,
 nginx, ..., gateway, bare, nginx, ...) and the table shows medians. CPU µs per request is the
 target's utime+stime (/proc/<pid>/stat, all its processes) over the run divided by requests.
-Then `workers: auto` against 1 worker, both unpinned, and RSS per 100k cached tokens.
+Then the bound-token rows (bench/bound.py: an audience-checked route and DPoP routes with ES256,
+RS256 and EdDSA proofs against the same token route with a bearer token), `workers: auto`
+against 1 worker, both unpinned, and RSS per 100k cached tokens.
 
     .venv/bin/python bench/run.py [--duration 5] [--repeats 3] [--quick] [--workers auto|1]
 """
@@ -46,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import bound
 import certs
 import loadgen
 import nginx
@@ -158,6 +161,8 @@ class Workload:
     close: bool = False  # `Connection: close`: a new connection (a TLS handshake) per request
     vs: str | None = None  # the peer row a gateway row is compared with (default: peer/peer_post)
     log_files: list[Path] = field(default_factory=list)
+    auth: str | None = None  # the Authorization value, when not the bench bearer token
+    script: Path | None = None  # a wrk script of its own (DPoP proofs)
     samples: list[Sample] = field(default_factory=list)
 
     def median(self, attr: str) -> float:
@@ -194,9 +199,9 @@ class Bench:
         wait_port(port, proc=proc)
         return port
 
-    def start_idp(self) -> int:
+    def start_idp(self, extra: tuple[str, ...] = ()) -> int:
         port = free_port()
-        argv = [PY, str(HERE / "idp.py"), "--port", str(port), "--token", self.token]
+        argv = [PY, str(HERE / "idp.py"), "--port", str(port), "--token", self.token, *extra]
         proc = self.stack.start("idp", pin(self.core(0)) + argv)
         wait_port(port, proc=proc)
         return port
@@ -271,12 +276,13 @@ class Bench:
 
     # ------------------------------------------------------------------ load
     def load(self, w: Workload, seconds: float, core: int | None) -> loadgen.LoadResult:
-        headers = {"Authorization": f"Bearer {self.token}"} if w.token else {}
+        auth = w.auth or f"Bearer {self.token}"
+        headers = {"Authorization": auth} if w.token else {}
         if w.close:
             headers["Connection"] = "close"
         conns = self.args.connections
         if self.use_wrk:
-            script = self.post_script if w.post else None
+            script = w.script or (self.post_script if w.post else None)
             argv = loadgen.wrk_argv(w.url, seconds, conns, headers, script)
             return loadgen.run_wrk(pin(core) + argv, seconds)
         argv = [PY, str(HERE / "loadgen.py"), "--builtin", "--url", w.url]
@@ -400,6 +406,8 @@ class Bench:
             print(f"  repeat {r + 1}/{a.repeats} done ({time.monotonic() - t0:.0f}s)", flush=True)
         self.print_table(rows)
         self.print_checks(rows, idp)
+        if not a.skip_bound and self.use_wrk:
+            self.run_bound(up)
         if a.workers == "auto":
             self.run_workers(up, idp)
         if not a.skip_rss:
@@ -450,6 +458,75 @@ class Bench:
                 )
             )
         return rows
+
+    def run_bound(self, up: int) -> None:
+        """Audience and DPoP against the same token route with a bearer token, one gateway
+        (bench/bound.py); interleaved, medians. Every DPoP request carries a proof never sent
+        before (a replay would be refused), made ahead of each run for that run."""
+        a = self.args
+        makers = {alg: bound.ProofMaker(alg) for alg in bound.ALGS}
+        tokens = bound.bound_tokens()
+        idp = self.start_idp(
+            tuple(
+                x
+                for alg in bound.ALGS
+                for x in ("--bound", f"{tokens[alg]}={makers[alg].thumbprint}")
+            )
+        )
+        cfg = bound.bound_config(gateway_config(free_port(), up, idp))
+        proc, port = self.start_gateway("gw_bound", cfg, self.core(1))
+        logs = [self.access_logs["gw_bound"]]
+        base = f"http://{HOST}:{port}"
+        rows = [
+            Workload("b_bearer", "token route, bearer", proc, f"{base}/bench", log_files=logs),
+            Workload("b_aud", "same + resource (audience)", proc, f"{base}/aud", log_files=logs),
+        ]
+        dpop = {
+            alg: Workload(
+                f"b_{alg}", f"same + DPoP, {alg} proofs", proc, f"{base}/dpop-{alg.lower()}",
+                log_files=logs, auth=f"DPoP {tokens[alg]}",
+            )
+            for alg in bound.ALGS
+        }  # fmt: skip
+        rows += dpop.values()
+        for w in rows[:2]:
+            self.check(w)
+            self.measure(w, 1.0, self.core(0))
+        # size the proof pools: a warm-up second per algorithm with a pool for the bearer rate
+        per_second = int(rows[0].median("rps") * 1.5) if rows[0].samples else 20000
+        rates = {}
+        for alg, w in dpop.items():
+            w.script = self._proofs(makers[alg], w, tokens[alg], per_second, "warm")
+            sample = self.measure(w, 1.0, self.core(0))
+            if sample.non2xx:
+                raise RuntimeError(f"{w.label}: {sample.non2xx} non-2xx answers in the warm-up")
+            rates[alg] = sample.rps
+        for w in rows:
+            w.samples.clear()
+        print(f"\nbound tokens: proofs made ahead ({', '.join(bound.ALGS)})", flush=True)
+        for r in range(a.repeats):
+            for alg, w in dpop.items():
+                count = int(rates[alg] * (a.duration + 1) * 1.4) + 1000
+                w.script = self._proofs(makers[alg], w, tokens[alg], count, str(r))
+            for w in rows:
+                w.samples.append(self.measure(w, a.duration, self.core(0)))
+        print(
+            f"bound tokens, one gateway, medians of {a.repeats} interleaved runs (no Redis: the "
+            "DPoP jti is recorded in process)"
+        )
+        self.print_rows(rows, ref=None)
+        print("  CPU per DPoP proof check, in this process (bench/bound.py):")
+        print("\n".join(bound.verify_costs()))
+        ref = rows[0]
+        for w in rows[1:]:
+            print(
+                "  "
+                + self.compare(f"{w.label} / bearer", w, ref, 0.05 if w.key == "b_aud" else 1.0)
+            )
+
+    def _proofs(self, maker: bound.ProofMaker, w: Workload, token: str, n: int, tag: str) -> Path:
+        proofs = bound.make_proofs(maker, w.url, token, n, self.tmp / f"proofs-{maker.alg}-{tag}")
+        return bound.wrk_script(proofs, self.tmp / f"dpop-{maker.alg}-{tag}.lua")
 
     def run_workers(self, up: int, idp: int) -> None:
         """`workers: auto` (one process per core, SO_REUSEPORT) against 1 worker, unpinned."""
@@ -680,6 +757,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-wrk", action="store_true", help="built-in load generator")
     p.add_argument("--skip-rss", action="store_true", help="skip bench/rss_tokens.py")
     p.add_argument("--skip-tls", action="store_true", help="no TLS rows (they need wrk)")
+    p.add_argument(
+        "--skip-bound", action="store_true", help="skip the audience and DPoP rows (bench/bound.py)"
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.duration, args.repeats, args.skip_rss = 2.0, 1, True

@@ -20,9 +20,21 @@ from gateway.errors import (
     InvalidRequestError,
 )
 from gateway.extract import Credentials, ExtractPolicy
+from gateway.http.wire import Challenge
 from gateway.proof import proof_message
 
 ProofMode = Literal["required", "optional", "off"]
+
+SENDER_OFF: Final = 0
+SENDER_DPOP: Final = 1
+SENDER_MTLS: Final = 2
+SENDER_ANY: Final = 3
+SENDER_CONSTRAINTS: Final = {
+    "off": SENDER_OFF,
+    "dpop": SENDER_DPOP,
+    "mtls": SENDER_MTLS,
+    "any": SENDER_ANY,
+}
 
 _TIME: Final = re.compile(r"-?[0-9]{1,12}")
 _HEX: Final = frozenset("0123456789abcdef")
@@ -40,6 +52,15 @@ class AuthPolicy:
     appsecret_proof: ProofMode
     preflight_pass: bool  # a CORS preflight goes through without a token
     strip_form_token: bool  # a form-body token is removed before forwarding (not forward_token)
+    #: the route's resource: the token's audience must name it (None: any audience)
+    resource: str | None = None
+    sender: int = SENDER_OFF  # sender_constraint: SENDER_OFF | _DPOP | _MTLS | _ANY
+    #: resource or sender constraint set: the bound-token step runs for every token
+    bound: bool = False
+    #: the route's WWW-Authenticate shape; None: RFC 6750's plain Bearer challenge
+    challenge: Challenge | None = None
+    #: the same for a request that used the DPoP scheme
+    dpop_challenge: Challenge | None = None
 
 
 @dataclass(slots=True, frozen=True)

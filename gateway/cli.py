@@ -9,12 +9,16 @@ import re
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from gateway import __version__, build_kind
 from gateway.config import load_config
 from gateway.config.models import AdminConfig, ForwardAuthConfig, GatewayConfig, ListenConfig
 from gateway.config.units import format_duration, parse_duration
 from gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    from gateway.authn.store import Binding
 
 
 class UsageError(Exception):
@@ -54,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     ti.add_argument("--subject", default=None)
     ti.add_argument("--scope", default="")
     ti.add_argument("--ttl", default=None)
+    ti.add_argument("--audience", action="append", default=[])
+    ti.add_argument("--dpop-jkt", default=None)
+    ti.add_argument("--cert-thumbprint", default=None)
     tr = tsub.add_parser("revoke")
     tr.add_argument("--config", default=os.environ.get("GATEWAY_CONFIG"))
     tr.add_argument("token")
@@ -179,14 +186,31 @@ def cmd_token(args: argparse.Namespace) -> int:
             GrantMapper(cfg.tokens.grant).canonical(args.grant)
         except ValueError as exc:
             raise UsageError(f"--grant: {exc}") from None
+        binding = _binding(args)
         token = asyncio.run(
-            issue_token(cfg, args.grant, args.client_id, args.subject, args.scope, ttl)
+            issue_token(cfg, args.grant, args.client_id, args.subject, args.scope, ttl, binding)
         )
         print(token)
         return 0
     asyncio.run(revoke_token(cfg, args.token))
     print("revoked")
     return 0
+
+
+def _binding(args: argparse.Namespace) -> Binding:
+    """--audience (repeatable), --dpop-jkt and --cert-thumbprint: what the token is for and
+    bound to; a malformed thumbprint is bad usage."""
+    from gateway.authn.store import Binding, check_thumbprint
+
+    audience = tuple(a for a in args.audience if a)
+    try:
+        if args.dpop_jkt is not None:
+            check_thumbprint(args.dpop_jkt, "--dpop-jkt")
+        if args.cert_thumbprint is not None:
+            check_thumbprint(args.cert_thumbprint, "--cert-thumbprint")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return Binding(audience, args.dpop_jkt, args.cert_thumbprint)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

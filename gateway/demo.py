@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import hashlib
 import ipaddress
 import shlex
 import socket
 import ssl
 import sys
 import tempfile
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +31,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from gateway.authn.store import Binding
+from gateway.bound import b64url, jwk_thumbprint, token_hash
 from gateway.config import parse_config
 from gateway.proof import compute_proof
 from gateway.serve import Gateway, install_uvloop
@@ -164,6 +169,11 @@ def demo_config(
         "log": {"format": "json", "access": False},
         "limits": {"max_body": "1KiB"},
         "apps": [{"client_id": APP_ID, "secrets": [APP_SECRET]}],
+        "trusted_proxies": ["127.0.0.1"],  # the mTLS rows play the front proxy
+        "resources": [
+            {"id": demo_resource(port), "authorization_servers": ["https://idp.example/"]}
+        ],
+        "tokens": {"dpop": {"max_age": "10m"}},  # the printed proofs stay usable a while
         "upstreams": {"echo": {"url": upstream}, "down": {"url": dead, "connect_timeout": "1s"}},
         "routes": [
             {"name": "status", "path": "/status", "upstream": "echo", "auth": "public"},
@@ -182,9 +192,65 @@ def demo_config(
             },
             {"name": "admin", "path_prefix": "/v1/admin", "upstream": "echo", "scopes": ["admin"]},
             {"name": "broken", "path_prefix": "/v1/broken", "upstream": "down"},
+            {
+                "name": "orders",
+                "path_prefix": "/v1/orders",
+                "upstream": "echo",
+                "resource": demo_resource(port),
+            },
+            {
+                "name": "transfers",
+                "path_prefix": "/v1/transfers",
+                "upstream": "echo",
+                "sender_constraint": "any",
+            },
             {"name": "api", "path_prefix": "/v1", "upstream": "echo", "query_token": True},
         ],
     }
+
+
+def demo_resource(port: int) -> str:
+    """The demo's protected resource (RFC 8707 identifier) for /v1/orders."""
+    return f"http://127.0.0.1:{port}/v1/orders"
+
+
+class DemoKey:
+    """A DPoP client key (ES256) and the proofs it signs (RFC 9449 4.2)."""
+
+    def __init__(self) -> None:
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from jwt.algorithms import ECAlgorithm
+
+        self._algo = ECAlgorithm(ECAlgorithm.SHA256)
+        self._key = ec.generate_private_key(ec.SECP256R1())
+        jwk = orjson.loads(ECAlgorithm.to_jwk(self._key.public_key()))
+        self.jwk = {k: jwk[k] for k in ("kty", "crv", "x", "y")}
+        self.thumbprint = jwk_thumbprint(self.jwk)
+
+    def proof(self, method: str, url: str, token: str) -> str:
+        head = {"typ": "dpop+jwt", "alg": "ES256", "jwk": self.jwk}
+        claims = {
+            "jti": str(uuid.uuid4()), "htm": method, "htu": url, "iat": int(time.time()),
+            "ath": token_hash(token),
+        }  # fmt: skip
+        signing_input = b64url(orjson.dumps(head)) + "." + b64url(orjson.dumps(claims))
+        signature = self._algo.sign(signing_input.encode(), self._key)
+        return signing_input + "." + b64url(signature)
+
+
+#: the client certificate of the mTLS rows (its DER's SHA-256; a front proxy would verify it)
+DEMO_CERT_SHA256 = hashlib.sha256(b"demo client certificate").digest()
+
+
+@dataclass
+class Bound:
+    """The demo's audience-restricted and sender-constrained tokens."""
+
+    orders: str  # aud = the orders resource
+    dpop: str  # bound to `key`
+    mtls: str  # bound to DEMO_CERT_SHA256
+    key: DemoKey
+    base: str
 
 
 @dataclass
@@ -215,9 +281,12 @@ class Step:
         return prefix + " ".join(shlex.quote(p) for p in parts)
 
 
-def demo_steps(code: str, implicit: str, tls: bool = False) -> list[Step]:
-    """Every row of SPEC section 4, as requests against the demo routes; with `tls`, one more
-    with a client certificate (the upstream sees X-Forwarded-Client-Cert)."""
+def demo_steps(
+    code: str, implicit: str, tls: bool = False, bound: Bound | None = None
+) -> list[Step]:
+    """Every row of SPEC section 4, as requests against the demo routes (then the bound-token
+    rows of sections 12 and 13 when `bound` is given); with `tls`, one more with a client
+    certificate (the upstream sees X-Forwarded-Client-Cert)."""
     bearer = {"Authorization": f"Bearer {code}"}
     imp = {"Authorization": f"Bearer {implicit}"}
     proof = compute_proof(code, APP_SECRET)
@@ -247,12 +316,40 @@ def demo_steps(code: str, implicit: str, tls: bool = False) -> list[Step]:
         Step("session details", "GET", "/oauth20/access-token", imp, 200),
         Step("revoke the session", "DELETE", "/oauth20/access-token", imp, 200),
         Step("revoked token", "GET", "/v1/items", imp, 401),
+        *(bound_steps(code, bound) if bound is not None else []),
     ]
     if tls:
         with_cert = Step("client certificate (X-Forwarded-Client-Cert)", "GET", "/status", {}, 200)
         with_cert.client_cert = True
         steps.append(with_cert)
     return steps
+
+
+def bound_steps(code: str, b: Bound) -> list[Step]:
+    """SPEC sections 12 and 13: resource metadata, audience, DPoP, certificate-bound tokens."""
+    dpop_url = b.base + "/v1/transfers/7"
+    proof = b.key.proof("GET", dpop_url, b.dpop)
+    dpop = {"Authorization": f"DPoP {b.dpop}", "DPoP": proof}
+    xfcc = {"X-Forwarded-Client-Cert": f"Hash={DEMO_CERT_SHA256.hex()}"}
+    mtls = {"Authorization": f"Bearer {b.mtls}"}
+    return [
+        Step("resource metadata (RFC 9728)", "GET",
+             "/.well-known/oauth-protected-resource/v1/orders", {}, 200),
+        Step("token for this resource (aud)", "GET", "/v1/orders/1",
+             {"Authorization": f"Bearer {b.orders}"}, 200),
+        Step("token for no resource: 401 with resource_metadata", "GET", "/v1/orders/1",
+             {"Authorization": f"Bearer {code}"}, 401),
+        Step("DPoP-bound token with its proof", "GET", "/v1/transfers/7", dpop, 200),
+        Step("the same proof again (replay)", "GET", "/v1/transfers/7", dpop, 401),
+        Step("DPoP-bound token sent as Bearer", "GET", "/v1/items",
+             {"Authorization": f"Bearer {b.dpop}"}, 401),
+        Step("bearer token where a bound one is required", "GET", "/v1/transfers/7",
+             {"Authorization": f"Bearer {code}"}, 401),
+        Step("certificate-bound token, certificate from the proxy", "GET", "/v1/transfers/7",
+             {**mtls, **xfcc}, 200),
+        Step("certificate-bound token without its certificate", "GET", "/v1/transfers/7",
+             mtls, 401),
+    ]  # fmt: skip
 
 
 def _echo_app() -> web.Application:
@@ -288,7 +385,21 @@ async def _run(port: int, self_test: bool, pki: DemoPki | None) -> int:
     code = await validator.issue("authorization_code", APP_ID, "alice", "payments profile")
     implicit = await validator.issue("implicit", APP_ID, "alice", "profile")
     base = f"{'https' if pki is not None else 'http'}://127.0.0.1:{port}"
-    steps = demo_steps(code, implicit, tls=pki is not None)
+    key = DemoKey()
+    bound = Bound(
+        orders=await validator.issue(
+            "authorization_code", APP_ID, "alice", "", binding=Binding((demo_resource(port),))
+        ),
+        dpop=await validator.issue(
+            "client_credentials", APP_ID, "svc", "", binding=Binding(jkt=key.thumbprint)
+        ),
+        mtls=await validator.issue(
+            "client_credentials", APP_ID, "svc", "", binding=Binding(x5t=b64url(DEMO_CERT_SHA256))
+        ),
+        key=key,
+        base=base,
+    )
+    steps = demo_steps(code, implicit, tls=pki is not None, bound=bound)
     print(
         f"Echo upstream on 127.0.0.1:{up_port}; gateway on {base}; admin on "
         f"http://127.0.0.1:{gw.ports['admin']}/metrics\n"

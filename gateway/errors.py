@@ -5,6 +5,11 @@
     │   └── BadHttpRequestError      400 invalid_request (malformed HTTP; no challenge)
     ├── MissingTokenError            401 (no error attribute; body "missing_token")
     ├── InvalidTokenError            401 invalid_token
+    │   ├── WrongAudienceError       401 invalid_token (not for this resource)
+    │   ├── TokenBindingError        401 invalid_token (not bound to this key / certificate)
+    │   └── UnboundTokenError        401 invalid_token (the route requires a bound token)
+    ├── InvalidDpopProofError        401 invalid_dpop_proof (WWW-Authenticate: DPoP)
+    ├── UseDpopNonceError            401 use_dpop_nonce (+ DPoP-Nonce)
     ├── InsufficientScopeError       403 insufficient_scope (+ scope="...")
     ├── InsufficientGrantError       403 insufficient_grant
     ├── InvalidProofError            403 invalid_appsecret_proof
@@ -35,6 +40,8 @@ class GatewayError(Exception):
     description: ClassVar[str] = "The gateway failed to handle the request."
     #: whether the answer carries an RFC 6750 `WWW-Authenticate: Bearer` challenge
     challenge: ClassVar[bool] = False
+    #: an RFC 9449 error: always challenged with the `DPoP` scheme
+    dpop: ClassVar[bool] = False
     #: seconds for `Retry-After`, or None
     retry_after: ClassVar[int | None] = None
     #: stable reason for logs and metrics
@@ -71,6 +78,45 @@ class InvalidTokenError(GatewayError):
     error_code = "invalid_token"
     description = "The access token is invalid, expired or revoked."
     challenge = True
+
+
+class WrongAudienceError(InvalidTokenError):
+    """The token's `aud` does not name the route's resource (RFC 8707, RFC 9068)."""
+
+    description = "The access token is not for this resource."
+
+
+class TokenBindingError(InvalidTokenError):
+    """A sender-constrained token without its key or certificate, or a bearer token where the
+    route requires a bound one (RFC 9449 7.1, RFC 8705 3)."""
+
+    description = "The access token is not bound to the key or certificate presented."
+
+
+class UnboundTokenError(InvalidTokenError):
+    """The route's sender_constraint requires a DPoP- or certificate-bound token."""
+
+    description = "This resource requires a sender-constrained access token."
+
+
+class InvalidDpopProofError(GatewayError):
+    """RFC 9449 section 7.1: the DPoP proof is missing, malformed, wrongly signed or replayed."""
+
+    status = 401
+    error_code = "invalid_dpop_proof"
+    description = "The DPoP proof is invalid."
+    challenge = True
+    dpop = True  # challenged with the DPoP scheme
+
+
+class UseDpopNonceError(GatewayError):
+    """RFC 9449 section 9: the proof must carry the nonce of the DPoP-Nonce header."""
+
+    status = 401
+    error_code = "use_dpop_nonce"
+    description = "The resource server requires a nonce in the DPoP proof."
+    challenge = True
+    dpop = True
 
 
 class InsufficientScopeError(GatewayError):

@@ -1,4 +1,5 @@
-"""RFC 6750 credential extraction: bearer token from header, query or form; appsecret_proof params.
+"""RFC 6750 credential extraction: bearer token from header, query or form; appsecret_proof params;
+the RFC 9449 `DPoP` authorization scheme.
 
 Errors are InvalidRequestError with a stable reason; no message ever carries a token value.
 """
@@ -43,7 +44,7 @@ class Credentials:
     A plain class, not a dataclass: built once per request, and compiled (setup.py) its
     constructor is a C function, where a dataclass's generated `__init__` stays Python."""
 
-    __slots__ = ("in_form", "in_query", "proof", "proof_time", "token")
+    __slots__ = ("dpop", "in_form", "in_query", "proof", "proof_time", "token")
 
     def __init__(
         self,
@@ -52,12 +53,14 @@ class Credentials:
         in_form: bool = False,
         proof: str | None = None,
         proof_time: str | None = None,
+        dpop: bool = False,
     ) -> None:
         self.token = token
         self.in_query = in_query
         self.in_form = in_form
         self.proof = proof
         self.proof_time = proof_time
+        self.dpop = dpop  # sent as `Authorization: DPoP` (RFC 9449 7.1), not Bearer
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Credentials):
@@ -70,11 +73,11 @@ class Credentials:
         token = "<set>" if self.token is not None else None  # never the token itself
         return (
             f"Credentials(token={token}, in_query={self.in_query}, in_form={self.in_form}, "
-            f"proof={self.proof is not None}, proof_time={self.proof_time!r})"
+            f"proof={self.proof is not None}, proof_time={self.proof_time!r}, dpop={self.dpop})"
         )
 
-    def _fields(self) -> tuple[str | None, bool, bool, str | None, str | None]:
-        return (self.token, self.in_query, self.in_form, self.proof, self.proof_time)
+    def _fields(self) -> tuple[str | None, bool, bool, str | None, str | None, bool]:
+        return (self.token, self.in_query, self.in_form, self.proof, self.proof_time, self.dpop)
 
 
 class KnownBearer:
@@ -82,12 +85,13 @@ class KnownBearer:
     token's digest: a keep-alive client resends the same value on every request, and an equal
     value (compared in constant time) needs no parsing or hashing again."""
 
-    __slots__ = ("digest", "raw", "token")
+    __slots__ = ("digest", "dpop", "raw", "token")
 
-    def __init__(self, raw: bytes, token: str, digest: TokenDigest) -> None:
+    def __init__(self, raw: bytes, token: str, digest: TokenDigest, dpop: bool = False) -> None:
         self.raw = raw
         self.token = token
         self.digest = digest
+        self.dpop = dpop  # the value's scheme was DPoP
 
 
 def _param_name(part: str) -> str:
@@ -146,6 +150,19 @@ def _bearer(value: bytes) -> str | None:
     return _check_token(credentials.decode("latin-1"))
 
 
+def _dpop(value: bytes) -> str | None:
+    """The token of an `Authorization: DPoP` value (RFC 9449 7.1); None for another scheme."""
+    match = _AUTHORIZATION.fullmatch(value.strip(_OWS))
+    if match is None or match.group(1).lower() != b"dpop":
+        return None
+    credentials = match.group(2)
+    if not credentials:
+        raise InvalidRequestError(reason="dpop_token_malformed")
+    if len(credentials) > MAX_TOKEN_LENGTH:
+        raise InvalidRequestError(reason="token_too_long")
+    return _check_token(credentials.decode("latin-1"))
+
+
 def _one(values: list[str] | None, header: list[str], what: str) -> str | None:
     """The single value of a parameter sent in the query and/or a header; conflicts are 400."""
     if values and len(values) > 1:
@@ -169,9 +186,11 @@ def _single_token(values: list[str] | None) -> str | None:
 
 def _scan_headers(
     headers: list[tuple[bytes, bytes]], known: KnownBearer | None
-) -> tuple[str | None, list[str] | None, list[str] | None]:
-    """The Authorization bearer token and every X-Appsecret-Proof / -Time value, in order."""
+) -> tuple[str | None, list[str] | None, list[str] | None, bool]:
+    """The Authorization token (Bearer or DPoP: the last member says DPoP) and every
+    X-Appsecret-Proof / -Time value, in order."""
     token: str | None = None
+    dpop = False
     authorizations = 0
     proofs: list[str] | None = None  # lists only when such headers come (rarely)
     times: list[str] | None = None
@@ -182,15 +201,19 @@ def _scan_headers(
                 raise InvalidRequestError(reason="authorization_repeated")
             if known is not None and _compare_digest(value, known.raw):
                 token = known.token  # `known.token is token` tells the caller it matched
+                dpop = known.dpop
             else:
                 token = _bearer(value)
+                if token is None:
+                    token = _dpop(value)
+                    dpop = token is not None
         elif name == b"x-appsecret-proof":
             proofs = proofs if proofs is not None else []
             proofs.append(value.strip(_OWS).decode("latin-1"))
         elif name == b"x-appsecret-time":
             times = times if times is not None else []
             times.append(value.strip(_OWS).decode("latin-1"))
-    return token, proofs, times
+    return token, proofs, times, dpop
 
 
 def extract_credentials(
@@ -206,10 +229,11 @@ def extract_credentials(
     the body of an `application/x-www-form-urlencoded` request, when the caller read it;
     `known` the connection's last Authorization value, reused when this one equals it.
     """
-    header_token, proofs, times = _scan_headers(headers, known)
+    header_token, proofs, times, dpop = _scan_headers(headers, known)
     plain_query = not query or not _may_hold_credentials(query)
     if proofs is None and times is None and form_body is None and plain_query:
-        return Credentials(header_token)  # the common case: a header token, or none at all
+        # the common case: a header token, or none at all
+        return Credentials(header_token, False, False, None, None, dpop)
     params = _query_params(query, _CREDENTIAL_PARAMS)
     query_token = _single_token(params.get(_BEARER_PARAM))
     if query_token is not None and not policy.query_allowed:
@@ -224,6 +248,7 @@ def extract_credentials(
         in_form=form_token is not None,
         proof=_one(params.get(_PROOF_PARAM), proofs or [], "proof"),
         proof_time=_one(params.get(_TIME_PARAM), times or [], "proof_time"),
+        dpop=dpop,
     )
 
 

@@ -18,6 +18,7 @@ from gateway.forward import Forwarder
 from gateway.http.exchange import Exchange
 from gateway.http.tasks import spawn
 from gateway.normalize import normalize_path
+from gateway.resource_metadata import ResourceMetadata
 from gateway.routing import Route, RouteTable
 from gateway.sessions import SessionEndpoint
 
@@ -60,6 +61,7 @@ class Pipeline:
         sessions: SessionEndpoint,
         session_path: str | None,
         observe: Callable[[Exchange], None],
+        metadata: ResourceMetadata | None = None,
     ) -> None:
         self.routes = routes
         self.authn = authn
@@ -67,6 +69,7 @@ class Pipeline:
         self.sessions = sessions
         self.session_path = session_path
         self.observe = observe
+        self.metadata = metadata  # RFC 9728 documents; None: no resource configured
 
     def handle(self, ex: Exchange) -> None:
         """The server's entry point: route, then authenticate and forward."""
@@ -79,6 +82,12 @@ class Pipeline:
             if path == self.session_path:
                 spawn(ex, self.sessions.handle(ex))
                 return
+            metadata = self.metadata
+            if metadata is not None:
+                document = metadata.get(path)
+                if document is not None:
+                    metadata.answer(ex, document)
+                    return
             route = match_route(self.routes, ex, path)
             ex.set_body_limit(route.max_body)
             policy = checked_policy(ex, route)

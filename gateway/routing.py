@@ -9,9 +9,15 @@ import re
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from gateway.authz import AuthPolicy
-from gateway.config.models import GatewayConfig, RouteConfig, TokensConfig
+from gateway.authz import SENDER_CONSTRAINTS, SENDER_OFF, AuthPolicy
+from gateway.config.models import (
+    GatewayConfig,
+    ResourceConfig,
+    RouteConfig,
+    TokensConfig,
+)
 from gateway.extract import ExtractPolicy
+from gateway.http.wire import Challenge, dpop_challenge
 from gateway.normalize import normalize_path
 
 
@@ -28,6 +34,33 @@ def normalize_host(host: str | None) -> str | None:
     return host.rstrip(".") or None
 
 
+def dpop_algs(tokens: TokensConfig) -> str:
+    """The `algs="..."` parameter of DPoP challenges (RFC 9449 7.1)."""
+    return 'algs="' + " ".join(tokens.dpop_settings.algorithms) + '"'
+
+
+def _challenges(
+    rc: RouteConfig, tokens: TokensConfig, resources: dict[str, ResourceConfig]
+) -> tuple[Challenge | None, Challenge]:
+    """The route's challenge, and the one of a request that used the DPoP scheme."""
+    algs = dpop_algs(tokens)
+    resource = resources.get(rc.resource) if rc.resource is not None else None
+    params = f', resource_metadata="{resource.metadata_url}"' if resource is not None else ""
+    scope = " ".join(rc.scopes) if resource is not None else ""
+    sender = rc.sender_constraint
+    if sender == "dpop":
+        return Challenge(False, algs, True, params, scope), Challenge(
+            False, algs, True, params, scope
+        )
+    if sender == "any":
+        route = Challenge(True, algs, False, params, scope)
+        return route, route.with_dpop_errors(algs)
+    if resource is None:
+        return None, dpop_challenge(algs)
+    route = Challenge(True, None, False, params, scope)
+    return route, route.with_dpop_errors(algs)
+
+
 def session_policy(tokens: TokensConfig) -> AuthPolicy:
     """The session endpoint's token policy: tokens where the config accepts them at all, no
     grant, scope or proof requirement."""
@@ -39,12 +72,17 @@ def session_policy(tokens: TokensConfig) -> AuthPolicy:
         appsecret_proof="off",
         preflight_pass=False,
         strip_form_token=True,
+        dpop_challenge=dpop_challenge(dpop_algs(tokens)),
     )
 
 
-def _auth_policy(rc: RouteConfig, tokens: TokensConfig) -> AuthPolicy | None:
+def _auth_policy(
+    rc: RouteConfig, tokens: TokensConfig, resources: dict[str, ResourceConfig]
+) -> AuthPolicy | None:
     if rc.auth != "token":
         return None
+    sender = SENDER_CONSTRAINTS[rc.sender_constraint]
+    challenge, dpop = _challenges(rc, tokens, resources)
     return AuthPolicy(
         extract=ExtractPolicy(
             query_allowed=tokens.query_param and rc.query_token, form_allowed=tokens.form_param
@@ -55,6 +93,11 @@ def _auth_policy(rc: RouteConfig, tokens: TokensConfig) -> AuthPolicy | None:
         appsecret_proof=rc.appsecret_proof,
         preflight_pass=rc.preflight == "pass",
         strip_form_token=not rc.forward_token,
+        resource=rc.resource,
+        sender=sender,
+        bound=rc.resource is not None or sender != SENDER_OFF,
+        challenge=challenge,
+        dpop_challenge=dpop,
     )
 
 
@@ -78,7 +121,12 @@ class Route:
 
     @classmethod
     def from_config(
-        cls, rc: RouteConfig, index: int, default_max_body: int, tokens: TokensConfig
+        cls,
+        rc: RouteConfig,
+        index: int,
+        default_max_body: int,
+        tokens: TokensConfig,
+        resources: dict[str, ResourceConfig] | None = None,
     ) -> Route:
         """Compile `routes[index]` (validated already: its paths survive normalisation)."""
         kind: Literal["exact", "prefix", "regex"]
@@ -96,7 +144,7 @@ class Route:
             matcher=matcher,
             methods=frozenset(rc.methods) if rc.methods is not None else None,
             host=normalize_host(rc.host),
-            auth=_auth_policy(rc, tokens),
+            auth=_auth_policy(rc, tokens, resources or {}),
             upstream=rc.upstream,
             strip_prefix=normalize_path(strip) if strip else None,
             forward_token=rc.forward_token,
@@ -155,8 +203,12 @@ class RouteTable:
     def from_config(cls, cfg: GatewayConfig) -> RouteTable:
         """Compile `cfg.routes` (the config model has validated them)."""
         limit, tokens = cfg.limits.max_body, cfg.tokens
+        resources = {r.id: r for r in cfg.resources}
         return cls(
-            tuple(Route.from_config(rc, i, limit, tokens) for i, rc in enumerate(cfg.routes))
+            tuple(
+                Route.from_config(rc, i, limit, tokens, resources)
+                for i, rc in enumerate(cfg.routes)
+            )
         )
 
     def match(self, method: str, host: str | None, path: str) -> Route | None:
@@ -272,6 +324,10 @@ def _describe_policy(route: Route) -> str:
             f"query_token={_yn(route.config.query_token)} "
             f"preflight={'pass' if auth.preflight_pass else 'check'}"
         )
+        if auth.resource is not None:
+            policy += f" resource={auth.resource}"
+        if route.config.sender_constraint != "off":
+            policy += f" sender_constraint={route.config.sender_constraint}"
     return f"{policy} forward_token={_yn(route.forward_token)} max_body={route.max_body}"
 
 

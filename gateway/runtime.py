@@ -9,9 +9,10 @@ import time
 
 import structlog
 
-from gateway.authenticate import Authenticator
+from gateway.authenticate import Authenticator, SenderCheck
 from gateway.authn.validator import TokenValidator
 from gateway.authz import AppRegistry
+from gateway.bound import DpopVerifier
 from gateway.config.models import GatewayConfig
 from gateway.extract import strip_credentials_query
 from gateway.forward import Forwarder
@@ -21,6 +22,7 @@ from gateway.http.pool import UpstreamPool
 from gateway.logs import AccessLog, use_json
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
+from gateway.resource_metadata import ResourceMetadata
 from gateway.routing import RouteTable, session_policy
 from gateway.sessions import SessionEndpoint
 
@@ -52,12 +54,17 @@ class Runtime:
         }
         self.access = AccessLog(cfg.log.access, use_json(cfg.log))
         self.forwarder = Forwarder(cfg.trusted_proxies, self.pools)
-        self.authn = Authenticator(validator, self.apps)
+        dpop = DpopVerifier(cfg.tokens.dpop_settings)
+        dpop.use_redis(validator.redis)
+        sender = SenderCheck(dpop, self.forwarder.trusted, cfg.tokens.mtls.cert_header)
+        self.authn = Authenticator(validator, self.apps, sender)
         sessions = SessionEndpoint(self.authn, validator, session_policy(cfg.tokens))
         self.pipeline = Pipeline(
-            self.routes, self.authn, self.forwarder, sessions, self.session_path, self.observe
-        )
-        self.decider = ForwardAuthHandler(self.routes, self.authn, self.observe_decision)
+            self.routes, self.authn, self.forwarder, sessions, self.session_path, self.observe,
+            ResourceMetadata.from_config(cfg),
+        )  # fmt: skip
+        decisions = Authenticator(validator, self.apps, sender.for_forward_auth())
+        self.decider = ForwardAuthHandler(self.routes, decisions, self.observe_decision)
 
     def observe(self, ex: Exchange) -> None:
         """Metrics and the access-log line of a finished (or abandoned) exchange."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gateway.authn.store import NO_BINDING, Binding
 from gateway.authn.validator import TokenValidator
 from gateway.config.models import GatewayConfig
 from gateway.errors import ConfigError
@@ -26,8 +27,10 @@ async def issue_token(
     subject: str | None = None,
     scope: str = "",
     ttl: float | None = None,
+    binding: Binding = NO_BINDING,
 ) -> str:
-    """Mint an opaque token into the Redis store and return it.
+    """Mint an opaque token into the Redis store and return it; `binding` restricts it to
+    audiences and binds it to a DPoP key or a certificate (store record `aud` / `cnf`).
 
     `ttl` None uses the grant's default lifetime (authorization_code 365 days, implicit 6 hours,
     others 1 hour). Raises ConfigError (no `redis:`), ValueError (unknown grant, ttl <= 0),
@@ -35,7 +38,7 @@ async def issue_token(
     """
     validator = TokenValidator.from_config(cfg, _connect(cfg, "issue"))
     try:
-        return await validator.issue(grant, client_id, subject, scope, ttl)
+        return await validator.issue(grant, client_id, subject, scope, ttl, binding)
     finally:
         await validator.close()
 

@@ -31,13 +31,18 @@ def header_value(value: str) -> bytes:
 
 
 def identity_headers(info: TokenInfo) -> list[tuple[bytes, bytes]]:
-    """The X-Auth-* headers of a token (SPEC section 7), values made header-safe."""
-    return [
+    """The X-Auth-* headers of a token (SPEC section 7), values made header-safe; with
+    `X-Auth-Binding: dpop|mtls` for a sender-constrained token (SPEC section 13)."""
+    headers = [
         (b"x-auth-subject", header_value(info.subject or "")),
         (b"x-auth-client-id", header_value(info.client_id or "")),
         (b"x-auth-scope", header_value(info.scope)),
         (b"x-auth-grant", header_value(info.grant)),
     ]
+    binding = info.binding
+    if binding is not None:
+        headers.append((b"x-auth-binding", binding.encode("ascii")))
+    return headers
 
 
 _IDENTITY_CACHE: Final[dict[int, tuple[TokenInfo, bytes]]] = {}

@@ -75,8 +75,10 @@ def test_check_config_refuses_a_file_without_routes(tmp_path, text):
         (["--grant", "nope"], "--grant: unknown grant 'nope'"),
         (["--grant", "implicit", "--ttl", "0"], "--ttl: a token lifetime must be positive"),
         (["--grant", "implicit", "--ttl", "soon"], "--ttl: invalid duration 'soon'"),
+        (["--grant", "implicit", "--dpop-jkt", "short"], "--dpop-jkt must be a base64url SHA-256"),
+        (["--grant", "code", "--cert-thumbprint", "x" * 44], "--cert-thumbprint must be"),
     ],
-    ids=["unknown-grant", "zero-ttl", "bad-ttl"],
+    ids=["unknown-grant", "zero-ttl", "bad-ttl", "bad-jkt", "bad-thumbprint"],
 )
 def test_token_issue_bad_arguments_are_usage_errors(tmp_path, args, message):
     """`gateway token issue` with a bad --grant or --ttl exits 2 before touching any store."""
@@ -89,3 +91,38 @@ def test_token_issue_bad_arguments_are_usage_errors(tmp_path, args, message):
     assert res.returncode == 2
     assert message in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_token_issue_bound_and_audience_restricted(tmp_path, redis_url):
+    """--audience (repeatable), --dpop-jkt and --cert-thumbprint write `aud` and `cnf`."""
+    import hashlib
+    import json
+
+    import redis
+
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        f"redis: {{url: '{redis_url}', key_prefix: 'gw-cli:'}}\n"
+        "upstreams: {api: {url: 'http://127.0.0.1:1'}}\n"
+        "routes: [{name: api, path_prefix: /, upstream: api}]\n"
+    )
+    jkt, x5t = "A" * 43, "b-_" * 14 + "c"
+    res = _cli(
+        "token", "issue", "--config", str(path), "--grant", "client_credentials",
+        "--client-id", "svc", "--audience", "https://api.example.com/a",
+        "--audience", "https://api.example.com/b", "--dpop-jkt", jkt, "--cert-thumbprint", x5t,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    token = res.stdout.strip()
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    record = json.loads(client.get(f"gw-cli:token:{hashlib.sha256(token.encode()).hexdigest()}"))
+    assert record["aud"] == ["https://api.example.com/a", "https://api.example.com/b"]
+    assert record["cnf"] == {"jkt": jkt, "x5t#S256": x5t}
+    res = _cli(
+        "token", "issue", "--config", str(path), "--grant", "code", "--client-id", "svc",
+        "--audience", "https://api.example.com/a",
+    )  # fmt: skip
+    token = res.stdout.strip()
+    record = json.loads(client.get(f"gw-cli:token:{hashlib.sha256(token.encode()).hexdigest()}"))
+    assert record["aud"] == "https://api.example.com/a"
+    assert "cnf" not in record

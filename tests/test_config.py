@@ -129,7 +129,7 @@ def test_every_error_names_its_key_path():
     data = {
         "upstreams": {"api": {"url": "http://127.0.0.1:9000"}, "bad": {"url": "ftp://x"}},
         "limits": {"max_body": "lots"},
-        "tokens": {"sources": [{"type": "jwt", "jwks_url": "x", "issuer": "i"}]},
+        "tokens": {"sources": [{"type": "jwt", "jwks_url": "x"}]},
         "routes": [
             {"name": "a", "path": "/a", "upstream": "api"},
             {"name": "b", "path": "/b", "upstream": "api"},
@@ -142,7 +142,7 @@ def test_every_error_names_its_key_path():
     text = "\n".join(problems)
     assert "routes[2].upstream: no upstream named 'api2'" in problems
     assert "limits.max_body: invalid size 'lots'" in text
-    assert "tokens.sources[0].audience: Field required" in problems
+    assert "tokens.sources[0].issuer: Field required" in problems  # audience is optional
     assert "upstreams.bad: " in text
     assert "routes[3]: give exactly one of `path`, `path_prefix`, `path_regex`" in problems
     assert "routes[4].grants: unknown grant(s) ['nope']" in text

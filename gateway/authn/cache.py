@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from redis.asyncio import Redis
 
-from gateway.authn.info import TokenInfo, scope_set
+from gateway.authn.info import TokenInfo, audience_set, scope_set
 from gateway.config.models import CacheConfig
 from gateway.errors import InvalidTokenError
 from gateway.redis_conn import RedisConnection
@@ -189,6 +189,11 @@ def entry_to_json(entry: Entry) -> str:
             sub=i.subject, client_id=i.client_id, scope=i.scope, grant=i.grant,
             exp=i.expires_at, iat=i.issued_at, source=i.source,
         )  # fmt: skip
+        if i.audience:
+            doc["aud"] = sorted(i.audience)
+        cnf = i.cnf
+        if cnf is not None:
+            doc["cnf"] = cnf
     return json.dumps(doc, separators=(",", ":"))
 
 
@@ -199,10 +204,12 @@ def entry_from_json(raw: str, cfg: CacheConfig) -> Entry | None:
         cached_at = float(doc["at"])
         if not doc["active"]:
             return negative_entry(cached_at, cfg)
+        cnf = doc.get("cnf") or {}
         info = TokenInfo(
             subject=doc.get("sub"), client_id=doc.get("client_id"), scope=doc["scope"],
             scopes=scope_set(doc["scope"]), grant=doc["grant"], expires_at=doc.get("exp"),
             issued_at=doc.get("iat"), source=doc.get("source", ""),
+            audience=audience_set(doc.get("aud")), jkt=cnf.get("jkt"), x5t=cnf.get("x5t#S256"),
         )  # fmt: skip
     except (ValueError, KeyError, TypeError, AttributeError):
         return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.authn.info import TokenInfo, scope_set, shared_str
+from gateway.authn.info import TokenInfo, audience_set, scope_set, shared_str
 from gateway.config.models import GRANTS, GrantConfig
 
 #: Lifetimes of tokens minted by `gateway token issue` when no --ttl is given (SPEC section 1).
@@ -89,12 +89,23 @@ def scope_of(claims: Mapping[str, Any]) -> str:
     return ""
 
 
+def confirmation(claims: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """`cnf.jkt` (RFC 9449) and `cnf["x5t#S256"]` (RFC 8705); other confirmation methods are
+    not ours to judge (RFC 7800: members not understood are ignored)."""
+    cnf = claims.get("cnf")
+    if not isinstance(cnf, Mapping):
+        return None, None
+    return _str(cnf.get("jkt")), _str(cnf.get("x5t#S256"))
+
+
 def info_from_claims(claims: Mapping[str, Any], grant: str, source: str) -> TokenInfo:
     """A TokenInfo from RFC 7662 / RFC 9068 / store fields.
 
-    Subject is `sub`, else `username`; client is `client_id`, else `azp`.
+    Subject is `sub`, else `username`; client is `client_id`, else `azp`; the audience is `aud`
+    (a string or an array), the binding `cnf`.
     """
     scope = shared_str(scope_of(claims)) or ""
+    jkt, x5t = confirmation(claims)
     return TokenInfo(
         subject=_str(claims.get("sub")) or _str(claims.get("username")),
         client_id=shared_str(_str(claims.get("client_id")) or _str(claims.get("azp"))),
@@ -104,4 +115,7 @@ def info_from_claims(claims: Mapping[str, Any], grant: str, source: str) -> Toke
         expires_at=_number(claims.get("exp")),
         issued_at=_number(claims.get("iat")),
         source=source,
+        audience=audience_set(claims.get("aud")),
+        jkt=jkt,
+        x5t=x5t,
     )

@@ -188,7 +188,14 @@ class JwtTokenSource:
             cfg.jwks_url, cfg.timeout, session, tls or IdpTls("jwks.tls", cfg.tls)
         )
         self._algorithms = frozenset(a for a in cfg.algorithms if a in _KTY)
-        self._audience = cfg.audience if isinstance(cfg.audience, str) else list(cfg.audience)
+        aud = cfg.audience
+        self._audience = aud if isinstance(aud, str) or aud is None else list(aud)
+        # without `audience`, `aud` is read (for routes' `resource`) but not required
+        self._options = (
+            {"require": ["exp", "iss", "aud"]}
+            if aud is not None
+            else {"require": ["exp", "iss"], "verify_aud": False}
+        )
 
     def applies(self, token: str) -> bool:
         """Only tokens shaped as a JWS."""
@@ -236,7 +243,7 @@ class JwtTokenSource:
                 return jwt.decode(
                     token, key=key.jwk.key, algorithms=[alg], audience=self._audience,
                     issuer=self.cfg.issuer, leeway=self.cfg.leeway,
-                    options={"require": ["exp", "iss", "aud"]},
+                    options=self._options,  # type: ignore[arg-type]
                 )  # fmt: skip
             except jwt.InvalidSignatureError as exc:
                 error = exc

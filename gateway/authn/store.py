@@ -1,7 +1,8 @@
 """The token store of SPEC section 9, and the `store` token source reading it.
 
 Key `{key_prefix}token:{sha256 hex}` holds `{"client_id","sub","scope","grant_type","exp","iat"}`
-with a Redis TTL ending at exp (SET ... EXAT). Without `redis:`, `MemoryTokenStore` keeps the
+(plus `aud` and `cnf` for audience-restricted and bound tokens) with a Redis TTL ending at exp
+(SET ... EXAT). Without `redis:`, `MemoryTokenStore` keeps the
 same records in process.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import secrets
 import time
 from dataclasses import asdict, dataclass
@@ -31,10 +33,24 @@ class StoreRecord:
     grant_type: str
     exp: int
     iat: int
+    aud: tuple[str, ...] | None = None  # the resources it is for (RFC 8707); None: any
+    cnf: dict[str, str] | None = None  # {"jkt": ...} (DPoP) / {"x5t#S256": ...} (certificate)
+
+    def fields(self) -> dict[str, Any]:
+        """The record's JSON fields; `aud` and `cnf` only when set (a single audience as a
+        string, as most issuers write it)."""
+        doc = asdict(self)
+        if self.aud is None:
+            del doc["aud"]
+        else:
+            doc["aud"] = self.aud[0] if len(self.aud) == 1 else list(self.aud)
+        if self.cnf is None:
+            del doc["cnf"]
+        return doc
 
     def to_json(self) -> str:
         """The record as Redis holds it."""
-        return json.dumps(asdict(self), separators=(",", ":"))
+        return json.dumps(self.fields(), separators=(",", ":"))
 
     @staticmethod
     def parse(raw: str | bytes) -> dict[str, Any] | None:
@@ -59,8 +75,42 @@ class TokenStore(Protocol):
         """Forget a token; raises StoreUnavailableError."""
 
 
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """What a minted token is restricted to: audiences (RFC 8707) and a key or certificate
+    thumbprint (RFC 9449 `jkt`, RFC 8705 `x5t#S256`), each base64url SHA-256."""
+
+    audience: tuple[str, ...] = ()
+    jkt: str | None = None
+    x5t: str | None = None
+
+    def cnf(self) -> dict[str, str] | None:
+        cnf: dict[str, str] = {}
+        if self.jkt:
+            cnf["jkt"] = self.jkt
+        if self.x5t:
+            cnf["x5t#S256"] = self.x5t
+        return cnf or None
+
+
+NO_BINDING = Binding()
+_THUMBPRINT = re.compile(r"[A-Za-z0-9_-]{43}")
+
+
+def check_thumbprint(value: str, what: str) -> str:
+    """A base64url SHA-256 thumbprint (43 characters, no padding); ValueError otherwise."""
+    if not _THUMBPRINT.fullmatch(value):
+        raise ValueError(f"{what} must be a base64url SHA-256 thumbprint (43 characters)")
+    return value
+
+
 def new_record(
-    grant: str, client_id: str, subject: str | None, scope: str, ttl_seconds: float | None
+    grant: str,
+    client_id: str,
+    subject: str | None,
+    scope: str,
+    ttl_seconds: float | None,
+    binding: Binding = NO_BINDING,
 ) -> StoreRecord:
     """A record for a token minted now; `ttl_seconds` None uses the grant's default lifetime."""
     now = int(time.time())
@@ -68,7 +118,14 @@ def new_record(
     if lifetime <= 0:
         raise ValueError("a token lifetime must be positive")
     scope = " ".join(scope.split())
-    return StoreRecord(client_id, subject, scope, grant, now + math.ceil(lifetime), now)
+    if binding.jkt is not None:
+        check_thumbprint(binding.jkt, "a DPoP key thumbprint (jkt)")
+    if binding.x5t is not None:
+        check_thumbprint(binding.x5t, "a certificate thumbprint (x5t#S256)")
+    return StoreRecord(
+        client_id, subject, scope, grant, now + math.ceil(lifetime), now,
+        binding.audience or None, binding.cnf(),
+    )  # fmt: skip
 
 
 async def issue(
@@ -78,12 +135,12 @@ async def issue(
     subject: str | None = None,
     scope: str = "",
     ttl_seconds: float | None = None,
+    binding: Binding = NO_BINDING,
 ) -> str:
     """Mint a random opaque token into `store` and return it (the only time it exists in clear)."""
     token = secrets.token_urlsafe(32)
-    await store.put(
-        TokenDigest.of(token).hex, new_record(grant, client_id, subject, scope, ttl_seconds)
-    )
+    record = new_record(grant, client_id, subject, scope, ttl_seconds, binding)
+    await store.put(TokenDigest.of(token).hex, record)
     return token
 
 
@@ -150,7 +207,7 @@ class MemoryTokenStore:
         if record.exp <= time.time():
             del self._records[digest]
             return None
-        return asdict(record)
+        return record.fields()
 
     async def delete(self, digest: str) -> None:
         """Forget the record."""

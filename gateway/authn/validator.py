@@ -34,6 +34,8 @@ from gateway.authn.introspection import IntrospectionTokenSource
 from gateway.authn.jwt import JwtTokenSource, is_jws
 from gateway.authn.revocation import Revocations
 from gateway.authn.store import (
+    NO_BINDING,
+    Binding,
     MemoryTokenStore,
     RedisTokenStore,
     StoreTokenSource,
@@ -293,10 +295,12 @@ class TokenValidator:
         subject: str | None = None,
         scope: str = "",
         ttl_seconds: float | None = None,
+        binding: Binding = NO_BINDING,
     ) -> str:
-        """Mint an opaque token into the store (`grant` may be an alias such as `code`)."""
+        """Mint an opaque token into the store (`grant` may be an alias such as `code`),
+        restricted to audiences and bound to a key or certificate by `binding`."""
         canonical = self.grants.canonical(grant)
-        return await issue(self.store, canonical, client_id, subject, scope, ttl_seconds)
+        return await issue(self.store, canonical, client_id, subject, scope, ttl_seconds, binding)
 
     async def revoke(
         self, token: str, info: TokenInfo | None = None, token_digest: TokenDigest | None = None

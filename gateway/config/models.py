@@ -255,7 +255,7 @@ class StoreSource(Model):
 class JwtSource(Model):
     """Local verification of JWS access tokens (RFC 9068) against the issuer's JWKS. Only
     tokens shaped as a JWS (three base64url parts) are judged; others go to the next source.
-    `exp`, `iss` and `aud` are required claims."""
+    `exp` and `iss` are required claims, and `aud` when `audience` is set."""
 
     type: Literal["jwt"] = Field(description="`jwt`.")
     jwks_url: str = Field(
@@ -264,8 +264,10 @@ class JwtSource(Model):
         examples=["https://idp.example/.well-known/jwks.json"],
     )
     issuer: str = Field(description="Required value of the `iss` claim.")
-    audience: str | tuple[str, ...] = Field(
-        description="Accepted value(s) of the `aud` claim; a token must name one of them.",
+    audience: str | tuple[str, ...] | None = Field(
+        None,
+        description="Accepted value(s) of the `aud` claim; a token must name one of them. "
+        "Unset: any audience (a route's `resource` is still checked against `aud`).",
         examples=["my-api", ["my-api", "my-other-api"]],
     )
     algorithms: tuple[
@@ -413,6 +415,71 @@ class GrantConfig(Model):
         return v
 
 
+DpopAlgorithm = Literal[
+    "ES256",
+    "ES384",
+    "ES512",
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "EdDSA",
+    "Ed25519",
+]
+
+
+class DpopConfig(Model):
+    """DPoP proofs (RFC 9449, [bound tokens](bound-tokens.md#dpop)): a token bound to a key
+    (`cnf.jkt`) is accepted only with `Authorization: DPoP` and a fresh proof signed by that
+    key. Bound tokens are checked with these settings (or their defaults) even when the block
+    is absent; setting it also announces the algorithms in the resource metadata."""
+
+    algorithms: tuple[DpopAlgorithm, ...] = Field(
+        ("ES256", "RS256", "PS256", "EdDSA", "Ed25519"),
+        min_length=1,
+        description="Accepted proof `alg` values: asymmetric only (`none` and `HS*` never). "
+        "`Ed25519` is RFC 9864's fully-specified name of EdDSA over Ed25519.",
+    )
+    max_age: Duration = Field(
+        60.0,
+        gt=0,
+        description="How far in the past a proof's `iat` may be (and its `jti` is remembered "
+        "this long); 5 s into the future are allowed for clock skew.",
+    )
+    nonce: bool = Field(
+        False,
+        description="`true`: proofs must carry a nonce the gateway issued (`DPoP-Nonce` header "
+        "on every answer to a DPoP request; a proof without the current one -> 401 "
+        "`use_dpop_nonce`).",
+    )
+    nonce_secret_file: str | None = Field(
+        None,
+        description="With `nonce`: a file holding a secret shared by every replica, so that a "
+        "nonce one replica issued is accepted by the others (re-read when it changes). Unset: "
+        "a random secret per process.",
+        examples=["/etc/gateway/dpop-nonce"],
+    )
+
+
+_DEFAULT_DPOP = DpopConfig()
+
+
+class MtlsConfig(Model):
+    """Certificate-bound tokens (RFC 8705,
+    [bound tokens](bound-tokens.md#certificate-bound-tokens)): a token with `cnf["x5t#S256"]`
+    is accepted only from a client presenting that certificate."""
+
+    cert_header: str = Field(
+        "X-Forwarded-Client-Cert",
+        min_length=1,
+        description="Where a front proxy in `trusted_proxies` passes the client certificate: "
+        "Envoy's `X-Forwarded-Client-Cert` (the `Hash=` of its last element), or a URL-encoded "
+        "PEM (nginx `$ssl_client_escaped_cert`). Ignored from other peers.",
+    )
+
+
 class TokensConfig(Model):
     """Where tokens are read from in a request, and who vouches for them."""
 
@@ -434,6 +501,15 @@ class TokensConfig(Model):
         "(RFC 6750 2.2); unless the route has `forward_token: true`, it is removed from the "
         "body sent upstream.",
     )
+    dpop: DpopConfig | None = Field(
+        None, description="DPoP proofs (RFC 9449); unset: the defaults, not announced."
+    )
+    mtls: MtlsConfig = Field(MtlsConfig(), description="Certificate-bound tokens (RFC 8705).")
+
+    @property
+    def dpop_settings(self) -> DpopConfig:
+        """`dpop`, or its defaults (bound tokens are checked even without the block)."""
+        return self.dpop if self.dpop is not None else _DEFAULT_DPOP
 
 
 class AppConfig(Model):
@@ -601,6 +677,19 @@ class RouteConfig(Model):
     max_body: Size | None = Field(
         None, description="This route's body limit; unset: `limits.max_body`."
     )
+    resource: str | None = Field(
+        None,
+        description="The `id` of an entry of `resources`: only tokens whose audience (`aud`) "
+        "names it are accepted (else 401 `invalid_token`), and challenges carry its "
+        "`resource_metadata`.",
+        examples=["https://api.example.com/payments"],
+    )
+    sender_constraint: Literal["off", "dpop", "mtls", "any"] = Field(
+        "off",
+        description="`dpop`: only DPoP-bound tokens with a valid proof; `mtls`: only "
+        "certificate-bound tokens from their certificate; `any`: either; `off`: any token (a "
+        'bound token is still checked by its binding). Quote `"off"`.',
+    )
 
     @field_validator("methods")
     @classmethod
@@ -623,7 +712,7 @@ class RouteConfig(Model):
     def _slash(cls, v: str | None) -> str | None:
         return _request_path(v)
 
-    @field_validator("appsecret_proof", mode="before")
+    @field_validator("appsecret_proof", "sender_constraint", mode="before")
     @classmethod
     def _bare_off(cls, v: object) -> object:
         return "off" if v is False else v  # YAML reads an unquoted `off` as false
@@ -661,10 +750,64 @@ class RouteConfig(Model):
         if len(given) != 1:
             raise ValueError("give exactly one of `path`, `path_prefix`, `path_regex`")
         if self.auth == "public" and (
-            self.grants or self.scopes or self.appsecret_proof == "required"
+            self.grants
+            or self.scopes
+            or self.appsecret_proof == "required"
+            or self.resource is not None
+            or self.sender_constraint != "off"
         ):
-            raise ValueError("a public route cannot require grants, scopes or appsecret_proof")
+            raise ValueError(
+                "a public route cannot require grants, scopes, appsecret_proof, a resource "
+                "or a sender_constraint"
+            )
         return self
+
+
+class ResourceConfig(Model):
+    """A protected resource the gateway fronts (RFC 8707 / RFC 9728,
+    [bound tokens](bound-tokens.md#resources-and-audience)): routes name it with `resource`,
+    and its metadata document is served at the well-known URL derived from its `id`."""
+
+    id: str = Field(
+        description="The resource identifier: an absolute `https://` (or `http://`) URL without "
+        "query or fragment; the `resource` a client asks tokens for and the tokens' `aud`. Its "
+        "path gives the metadata URL: `/.well-known/oauth-protected-resource` + path.",
+        examples=["https://api.example.com/payments"],
+    )
+    authorization_servers: tuple[str, ...] = Field(
+        min_length=1,
+        description="Issuer URLs of the authorization servers that issue tokens for it.",
+        examples=[["https://idp.example/"]],
+    )
+    scopes_supported: tuple[str, ...] | None = Field(
+        None,
+        description="Scopes announced in the metadata; unset: the scopes its routes require.",
+        examples=[["payments", "payments.read"]],
+    )
+    documentation: str | None = Field(
+        None,
+        description="A page for developers (`resource_documentation` in the metadata).",
+        examples=["https://docs.example.com/payments"],
+    )
+
+    @field_validator("id")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", v):
+            raise ValueError("must be an absolute http(s) URL without query or fragment")
+        return v
+
+    @property
+    def metadata_path(self) -> str:
+        """RFC 9728 section 3.1: the well-known path, with the id's path appended."""
+        path = re.sub(r"^https?://[^/]+", "", self.id)
+        return "/.well-known/oauth-protected-resource" + (path if path != "/" else "")
+
+    @property
+    def metadata_url(self) -> str:
+        """The metadata document's absolute URL (`resource_metadata` in challenges)."""
+        origin = re.match(r"^https?://[^/]+", self.id)
+        return (origin.group(0) if origin else "") + self.metadata_path
 
 
 def _request_path(v: str | None) -> str | None:
@@ -734,6 +877,11 @@ class GatewayConfig(Model):
         "it), answered by the gateway itself before any route; `null`: no session endpoint.",
     )
     realm: str = Field("gateway", description="The `realm` of `WWW-Authenticate: Bearer`.")
+    resources: tuple[ResourceConfig, ...] = Field(
+        (),
+        description="Protected resources (RFC 8707 identifiers) for `routes[].resource`; each "
+        "one's RFC 9728 metadata is served on the main listener.",
+    )
     routes: tuple[RouteConfig, ...] = Field(
         description="The routes, in match order; at least one.",
     )
@@ -786,6 +934,25 @@ class GatewayConfig(Model):
         if dup:
             raise ValueError(f"route name used twice: {dup}")
         return v
+
+    @field_validator("resources")
+    @classmethod
+    def _unique_resources(cls, v: tuple[ResourceConfig, ...]) -> tuple[ResourceConfig, ...]:
+        paths = [r.metadata_path for r in v]
+        dup = sorted({r.id for r in v if paths.count(r.metadata_path) > 1})
+        if dup:
+            raise ValueError(f"resources with the same metadata URL path: {dup}")
+        return v
+
+    @model_validator(mode="after")
+    def _route_resources(self) -> GatewayConfig:
+        known = {r.id for r in self.resources}
+        for i, route in enumerate(self.routes):
+            if route.resource is not None and route.resource not in known:
+                raise ValueError(
+                    f"routes[{i}].resource: no entry of `resources` has the id {route.resource!r}"
+                )
+        return self
 
     @property
     def workers_count(self) -> int:

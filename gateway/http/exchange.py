@@ -173,11 +173,13 @@ class Exchange:
         "_out",
         "_sink",
         "_whole_body",
+        "answer_headers",
         "body_complete",
         "body_limit",
         "body_mode",
         "body_received",
         "bytes_sent",
+        "challenge",
         "client_ip",
         "conn",
         "content_length",
@@ -223,6 +225,11 @@ class Exchange:
         self.expect_continue = False
         self.upgrade_data = b""
         self.private_cache = False
+        #: the route's WWW-Authenticate shape (resource_metadata, DPoP), set by the
+        #: authenticate stage; None: RFC 6750's plain Bearer challenge
+        self.challenge: wire.Challenge | None = None
+        #: headers every answer to this request carries (DPoP-Nonce), or None
+        self.answer_headers: list[tuple[bytes, bytes]] | None = None
         self.on_gone: Callable[[], object] | None = None  # stops work when the client leaves
         self.on_end: Callable[[Exchange], None] | None = None  # metrics and access log
         self.route: Route | None = None
@@ -367,6 +374,9 @@ class Exchange:
         if streamed and not chunked:
             self.keep_alive = False  # HTTP/1.0 without a length: the close delimits the body
         self._chunked_out = chunked
+        extra = self.answer_headers
+        if extra is not None:
+            headers = headers + extra
         self._out.append(
             framing.response_head(
                 status,
@@ -457,7 +467,9 @@ class Exchange:
             return
         if isinstance(exc, BadHttpRequestError) or exc.status in (413, 414, 431):
             self.keep_alive = False  # the rest of the stream cannot be trusted
-        self.respond(exc.status, wire.error_headers(exc, realm), wire.error_body(exc))
+        self.respond(
+            exc.status, wire.error_headers(exc, realm, self.challenge), wire.error_body(exc)
+        )
 
     def abort(self) -> None:
         """Cut the client connection (the answer cannot be completed)."""

@@ -25,9 +25,11 @@ HOP_BY_HOP: Final = frozenset(
     }
 )
 IDENTITY_HEADERS: Final = frozenset(
-    {b"x-auth-subject", b"x-auth-client-id", b"x-auth-scope", b"x-auth-grant"}
+    {b"x-auth-subject", b"x-auth-client-id", b"x-auth-scope", b"x-auth-grant", b"x-auth-binding"}
 )
-CREDENTIAL_HEADERS: Final = frozenset({b"authorization", b"x-appsecret-proof", b"x-appsecret-time"})
+CREDENTIAL_HEADERS: Final = frozenset(
+    {b"authorization", b"x-appsecret-proof", b"x-appsecret-time", b"dpop"}
+)
 
 _COMMON_NAMES = (
     b"Accept", b"Accept-Encoding", b"Accept-Language", b"Accept-Ranges",
@@ -130,6 +132,61 @@ def www_authenticate(exc: GatewayError, realm: str) -> bytes:
     return ", ".join(parts).encode("ascii", "replace")
 
 
+class Challenge:
+    """How a route's refusals are challenged beyond RFC 6750's plain Bearer, built once per
+    route: the route's `resource_metadata` (RFC 9728 5.1) and scope on every challenge, and
+    which schemes are offered (RFC 9449 7.1: `DPoP` with the accepted `algs`)."""
+
+    __slots__ = ("bearer", "dpop", "errors_in_dpop", "params", "scope")
+
+    def __init__(
+        self, bearer: bool, dpop: str | None, errors_in_dpop: bool, params: str, scope: str
+    ) -> None:
+        self.bearer = bearer  # a `Bearer` challenge is offered
+        self.dpop = dpop  # the `algs="..."` of a `DPoP` challenge, or None: none offered
+        self.errors_in_dpop = errors_in_dpop  # the error attributes go to the DPoP challenge
+        self.params = params  # `, resource_metadata="..."` or ""
+        self.scope = scope  # the route's scopes for 401 challenges ("" for none)
+
+    def with_dpop_errors(self, algs: str) -> Challenge:
+        """This challenge for a request that used the DPoP scheme: the error is the DPoP
+        challenge's (offered even where the route would not offer it)."""
+        return Challenge(self.bearer, self.dpop or algs, True, self.params, self.scope)
+
+
+def dpop_challenge(algs: str, params: str = "", scope: str = "") -> Challenge:
+    """The challenge of a request that used the DPoP scheme on a route offering Bearer."""
+    return Challenge(False, algs, True, params, scope)
+
+
+def _error_attrs(exc: GatewayError, route_scope: str) -> str:
+    if exc.error_code == "missing_token":
+        return f', scope="{_quote(route_scope)}"' if route_scope else ""
+    attrs = f'error="{exc.error_code}", error_description="{_quote(exc.description)}"'
+    if isinstance(exc, InsufficientScopeError):
+        attrs += f', scope="{_quote(exc.scope)}"'
+    elif route_scope:
+        attrs += f', scope="{_quote(route_scope)}"'
+    return ", " + attrs
+
+
+def challenges(exc: GatewayError, realm: str, ch: Challenge) -> list[bytes]:
+    """The `WWW-Authenticate` values of a route with a Challenge: Bearer first (MCP clients
+    read only a leading Bearer challenge), then DPoP; the error attributes in the challenge of
+    the scheme the client used (a DPoP error always in the DPoP one)."""
+    in_dpop = ch.errors_in_dpop or exc.dpop
+    attrs = _error_attrs(exc, ch.scope)
+    quoted_realm = _quote(realm)
+    out: list[bytes] = []
+    if ch.bearer and not (exc.dpop and ch.dpop is None):
+        bearer_attrs = "" if in_dpop and ch.dpop is not None else attrs
+        out.append(f'Bearer realm="{quoted_realm}"{bearer_attrs}{ch.params}'.encode())
+    if ch.dpop is not None:
+        dpop_attrs = attrs if in_dpop else ""
+        out.append(f'DPoP realm="{quoted_realm}"{dpop_attrs}, {ch.dpop}{ch.params}'.encode())
+    return out
+
+
 def error_body(exc: GatewayError) -> bytes:
     body: dict[str, str] = {"error": exc.error_code, "error_description": exc.description}
     if isinstance(exc, InsufficientScopeError):
@@ -137,10 +194,16 @@ def error_body(exc: GatewayError) -> bytes:
     return orjson.dumps(body)
 
 
-def error_headers(exc: GatewayError, realm: str) -> list[tuple[bytes, bytes]]:
+def error_headers(
+    exc: GatewayError, realm: str, ch: Challenge | None = None
+) -> list[tuple[bytes, bytes]]:
     headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
     if exc.challenge:
-        headers.append((b"www-authenticate", www_authenticate(exc, realm)))
+        if ch is None:
+            headers.append((b"www-authenticate", www_authenticate(exc, realm)))
+        else:
+            for value in challenges(exc, realm, ch):
+                headers.append((b"www-authenticate", value))
     if isinstance(exc, MethodNotAllowedError):
         headers.append((b"allow", exc.allow.encode()))
     if exc.retry_after is not None:
