@@ -13,6 +13,7 @@ from gateway.authz import AuthPolicy
 from gateway.config.models import GatewayConfig, RouteConfig, TokensConfig
 from gateway.extract import ExtractPolicy
 from gateway.normalize import normalize_path
+from gateway.ratelimit.policy import RoutePolicies
 
 
 def normalize_host(host: str | None) -> str | None:
@@ -75,10 +76,16 @@ class Route:
     forward_token: bool
     max_body: int
     config: RouteConfig
+    limits: RoutePolicies | None = None  # the route's rate limits; None: none
 
     @classmethod
     def from_config(
-        cls, rc: RouteConfig, index: int, default_max_body: int, tokens: TokensConfig
+        cls,
+        rc: RouteConfig,
+        index: int,
+        default_max_body: int,
+        tokens: TokensConfig,
+        limits: RoutePolicies | None = None,
     ) -> Route:
         """Compile `routes[index]` (validated already: its paths survive normalisation)."""
         kind: Literal["exact", "prefix", "regex"]
@@ -102,6 +109,7 @@ class Route:
             forward_token=rc.forward_token,
             max_body=rc.max_body if rc.max_body is not None else default_max_body,
             config=rc,
+            limits=limits,
         )
 
     def accepts(self, method: str, host: str | None) -> bool:
@@ -156,7 +164,18 @@ class RouteTable:
         """Compile `cfg.routes` (the config model has validated them)."""
         limit, tokens = cfg.limits.max_body, cfg.tokens
         return cls(
-            tuple(Route.from_config(rc, i, limit, tokens) for i, rc in enumerate(cfg.routes))
+            tuple(
+                Route.from_config(
+                    rc,
+                    i,
+                    limit,
+                    tokens,
+                    RoutePolicies.for_route(rc.name, rc.rate_limits, cfg)
+                    if rc.rate_limits
+                    else None,
+                )
+                for i, rc in enumerate(cfg.routes)
+            )
         )
 
     def match(self, method: str, host: str | None, path: str) -> Route | None:
@@ -272,7 +291,9 @@ def _describe_policy(route: Route) -> str:
             f"query_token={_yn(route.config.query_token)} "
             f"preflight={'pass' if auth.preflight_pass else 'check'}"
         )
-    return f"{policy} forward_token={_yn(route.forward_token)} max_body={route.max_body}"
+    limits = route.config.rate_limits
+    rate = f" rate_limit={','.join(limits)}" if limits else ""
+    return f"{policy} forward_token={_yn(route.forward_token)} max_body={route.max_body}{rate}"
 
 
 def _yn(flag: bool) -> str:

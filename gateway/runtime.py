@@ -21,6 +21,7 @@ from gateway.http.pool import UpstreamPool
 from gateway.logs import AccessLog, use_json
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
+from gateway.ratelimit.limiter import RateLimiter
 from gateway.routing import RouteTable, session_policy
 from gateway.sessions import SessionEndpoint
 
@@ -37,6 +38,7 @@ class Runtime:
         validator: TokenValidator,
         metrics: Metrics,
         pools: dict[str, UpstreamPool] | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.cfg = cfg
         self.validator = validator
@@ -53,11 +55,22 @@ class Runtime:
         self.access = AccessLog(cfg.log.access, use_json(cfg.log))
         self.forwarder = Forwarder(cfg.trusted_proxies, self.pools)
         self.authn = Authenticator(validator, self.apps)
+        # the buckets carry over a reload, as the token cache does
+        self.limiter = limiter or RateLimiter(metrics.rate_limits)
+        self.limiter.configure(validator.redis, cfg.trusted_proxies)
         sessions = SessionEndpoint(self.authn, validator, session_policy(cfg.tokens))
         self.pipeline = Pipeline(
-            self.routes, self.authn, self.forwarder, sessions, self.session_path, self.observe
+            self.routes,
+            self.authn,
+            self.forwarder,
+            sessions,
+            self.session_path,
+            self.observe,
+            self.limiter,
         )
-        self.decider = ForwardAuthHandler(self.routes, self.authn, self.observe_decision)
+        self.decider = ForwardAuthHandler(
+            self.routes, self.authn, self.observe_decision, self.limiter
+        )
 
     def observe(self, ex: Exchange) -> None:
         """Metrics and the access-log line of a finished (or abandoned) exchange."""

@@ -121,7 +121,7 @@ class Gateway:
         validator = old.validator if same_tokens else await self._build_validator(cfg)
         if not same_tokens:
             validator.adopt_cache(old.validator)
-        rt = Runtime(cfg, validator, self.metrics, pools=old.pools)
+        rt = Runtime(cfg, validator, self.metrics, pools=old.pools, limiter=old.limiter)
         self.runtime = rt
         self.ctx.handler = rt.pipeline.handle
         if self.fa_ctx is not None:

@@ -169,6 +169,7 @@ class Exchange:
         "_out",
         "_sink",
         "_whole_body",
+        "answer_headers",
         "body_complete",
         "body_limit",
         "body_mode",
@@ -217,6 +218,8 @@ class Exchange:
         self.expect_continue = False
         self.upgrade_data = b""
         self.private_cache = False
+        #: header lines the gateway adds to its answer, relayed or its own (`RateLimit`)
+        self.answer_headers = ""
         self.on_gone: Callable[[], object] | None = None  # stops work when the client leaves
         self.on_end: Callable[[Exchange], None] | None = None  # metrics and access log
         self.route: Route | None = None
@@ -371,6 +374,7 @@ class Exchange:
                 self.keep_alive,
                 head.request_id,
                 self.private_cache,
+                self.answer_headers,
             )
         )
 

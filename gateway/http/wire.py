@@ -9,7 +9,12 @@ from typing import Final
 
 import orjson
 
-from gateway.errors import GatewayError, InsufficientScopeError, MethodNotAllowedError
+from gateway.errors import (
+    GatewayError,
+    InsufficientScopeError,
+    MethodNotAllowedError,
+    RateLimitedError,
+)
 
 HOP_BY_HOP: Final = frozenset(
     {
@@ -145,6 +150,8 @@ def error_headers(exc: GatewayError, realm: str) -> list[tuple[bytes, bytes]]:
         headers.append((b"allow", exc.allow.encode()))
     if exc.retry_after is not None:
         headers.append((b"retry-after", str(exc.retry_after).encode()))
+    if isinstance(exc, RateLimitedError):
+        headers += exc.headers
     return headers
 
 
