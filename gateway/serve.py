@@ -32,9 +32,12 @@ _RETIRE_GRACE = 60.0  # a replaced validator serves the lookups in flight this l
 class Gateway:
     """Owns the listeners and the current Runtime of one process."""
 
-    def __init__(self, cfg: GatewayConfig, config_path: str | None = None) -> None:
+    def __init__(
+        self, cfg: GatewayConfig, config_path: str | None = None, admin_socket: str | None = None
+    ) -> None:
         self.cfg = cfg
         self.config_path = config_path
+        self.admin_socket = admin_socket  # a worker's admin listener (gateway/workers.py)
         self.metrics = Metrics()
         self.runtime: Runtime | None = None
         self.ctx: ServerContext | None = None
@@ -79,9 +82,12 @@ class Gateway:
             app = build_admin_app(self.metrics, lambda: not self.draining)
             self.admin = web.AppRunner(app, access_log=None, handle_signals=False)
             await self.admin.setup()
-            admin_sock = _bind(cfg.admin.host, cfg.admin.port, reuse_port)
-            await web.SockSite(self.admin, admin_sock).start()
-            self.ports["admin"] = admin_sock.getsockname()[1]
+            if self.admin_socket is not None:
+                await web.UnixSite(self.admin, self.admin_socket).start()
+            else:
+                admin_sock = _bind(cfg.admin.host, cfg.admin.port, reuse_port)
+                await web.SockSite(self.admin, admin_sock).start()
+                self.ports["admin"] = admin_sock.getsockname()[1]
         if self.config_path:
             self._watch = asyncio.create_task(self._watch_config())
         log.info(
@@ -238,7 +244,12 @@ def install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def serve(cfg: GatewayConfig, config_path: str | None, reuse_port: bool = False) -> None:
-    gw = Gateway(cfg, config_path)
+async def serve(
+    cfg: GatewayConfig,
+    config_path: str | None,
+    reuse_port: bool = False,
+    admin_socket: str | None = None,
+) -> None:
+    gw = Gateway(cfg, config_path, admin_socket)
     await gw.start(reuse_port=reuse_port)
     await gw.run_until_signalled()
