@@ -57,10 +57,18 @@ PEER = "nginx auth_request+proxy_cache"
 
 
 def gateway_config(
-    port: int, upstream_port: int, idp_port: int, *, extra_routes: int = 0, workers: Any = 1
+    port: int,
+    upstream_port: int,
+    idp_port: int,
+    *,
+    extra_routes: int = 0,
+    workers: Any = 1,
+    redis_url: str | None = None,
 ) -> dict[str, Any]:
-    """The gateway's config: `/bench` (token, grant and scope checked) and `/public`; with
-    `extra_routes`, that many filler routes come first and `/bench` is the last route."""
+    """The gateway's config: `/bench` (token, grant and scope checked), `/limited` (the same
+    with a rate limit keyed by client_id, never reached) and `/public`; with `extra_routes`,
+    that many filler routes come first and `/bench` is the last route. `redis_url`: the token
+    store and the rate limit's buckets in that Redis."""
     fillers: list[dict[str, Any]] = []
     for i in range(extra_routes):
         kind = i % 5
@@ -113,6 +121,11 @@ def gateway_config(
         cfg["routes"].append(
             {"name": "public", "path": "/public", "upstream": "up", "auth": "public"}
         )
+        limited = {**cfg["routes"][-2], "name": "limited", "path": "/limited"}
+        cfg["routes"].append({**limited, "rate_limit": "bench"})
+        cfg["rate_limits"] = {"bench": {"key": ["client_id"], "rate": "1000000/s"}}
+    if redis_url is not None:
+        cfg["redis"] = {"url": redis_url, "key_prefix": "bench:"}
     return cfg
 
 
@@ -194,6 +207,18 @@ class Bench:
         wait_port(port, proc=proc)
         self.access_logs[name] = access
         return proc, port
+
+    def start_redis(self) -> int | None:
+        """A redis-server for the `gateway + Redis` rows (None when not installed)."""
+        binary = shutil.which("redis-server")
+        if binary is None:
+            print("redis-server not found: the `gateway + Redis` rows are skipped")
+            return None
+        port = free_port()
+        argv = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"]
+        proc = self.stack.start("redis", pin(self.core(0)) + argv)
+        wait_port(port, proc=proc)
+        return port
 
     def start_bare(self, upstream_port: int) -> tuple[Proc, int]:
         port = free_port()
@@ -284,6 +309,14 @@ class Bench:
         gw100, gw100_port = self.start_gateway(
             "gateway100", gateway_config(free_port(), up, idp, extra_routes=99), self.core(1)
         )
+        gwr = gwr_port = None
+        redis_port = self.start_redis()
+        if redis_port is not None:
+            gwr, gwr_port = self.start_gateway(
+                "gateway_redis",
+                gateway_config(free_port(), up, idp, redis_url=f"redis://{HOST}:{redis_port}/0"),
+                self.core(1),
+            )
         bare, bare_port = self.start_bare(up)
         peer = peer_port = None
         if self.use_nginx:
@@ -336,6 +369,33 @@ class Bench:
                 log_files=gw_logs,
             ),
         ]
+        rows.append(
+            Workload(
+                "gw_limited",
+                "gateway, token route + rate limit",
+                gw,
+                url(gw_port, "/limited"),
+                log_files=gw_logs,
+            )
+        )
+        if gwr is not None and gwr_port is not None:
+            gwr_logs = [self.access_logs["gateway_redis"]]
+            rows += [
+                Workload(
+                    "gwr",
+                    "gateway + Redis, token route",
+                    gwr,
+                    url(gwr_port, "/bench"),
+                    log_files=gwr_logs,
+                ),
+                Workload(
+                    "gwr_limited",
+                    "gateway + Redis, token route + rate limit",
+                    gwr,
+                    url(gwr_port, "/limited"),
+                    log_files=gwr_logs,
+                ),
+            ]
         if peer is not None and peer_port is not None:
             rows.append(
                 Workload(
@@ -507,6 +567,16 @@ class Bench:
             )
         print("  " + self.compare("100 routes / 1 route", ref["gw100"], gw, 0.05))
         print("  " + self.compare("token route / public route", gw, ref["gw_public"], 0.10))
+        print(
+            "  " + self.compare("rate-limited / same route, no Redis", ref["gw_limited"], gw, 0.15)
+        )
+        if "gwr_limited" in ref:
+            print(
+                "  "
+                + self.compare(
+                    "rate-limited / same route, Redis", ref["gwr_limited"], ref["gwr"], 0.15
+                )
+            )
         status, body = self.get(f"http://{HOST}:{idp}/count", None)
         idp_calls = json.loads(body).get("introspect") if status == 200 else "?"
         auth_log = self.tmp / "nginx-peer" / "auth.log"
