@@ -1,7 +1,8 @@
 """`gateway demo`: an echo upstream and the gateway on embedded defaults, no Redis, no IdP.
 
 Mints one authorization-code token and one implicit token, prints curl commands that show every
-answer of SPEC section 4, and (with --self-test) runs them and checks each status.
+answer of SPEC section 4 and a rate limit's 429 (section 14), and (with --self-test) runs them
+and checks each status.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def demo_config(port: int, upstream: str, dead: str) -> dict[str, object]:
         "log": {"format": "json", "access": False},
         "limits": {"max_body": "1KiB"},
         "apps": [{"client_id": APP_ID, "secrets": [APP_SECRET]}],
+        "rate_limits": {"per_client": {"key": ["client_id"], "rate": "2/m"}},
         "upstreams": {"echo": {"url": upstream}, "down": {"url": dead, "connect_timeout": "1s"}},
         "routes": [
             {"name": "status", "path": "/status", "upstream": "echo", "auth": "public"},
@@ -60,6 +62,12 @@ def demo_config(port: int, upstream: str, dead: str) -> dict[str, object]:
             },
             {"name": "admin", "path_prefix": "/v1/admin", "upstream": "echo", "scopes": ["admin"]},
             {"name": "broken", "path_prefix": "/v1/broken", "upstream": "down"},
+            {
+                "name": "limited",
+                "path_prefix": "/v1/limited",
+                "upstream": "echo",
+                "rate_limit": "per_client",
+            },
             {"name": "api", "path_prefix": "/v1", "upstream": "echo", "query_token": True},
         ],
     }
@@ -116,6 +124,9 @@ def demo_steps(code: str, implicit: str) -> list[Step]:
         Step("no route", "GET", "/nowhere", {}, 404),
         Step("body over the limit", "POST", "/v1/items", bearer, 413, b"x" * 2000),
         Step("upstream down", "GET", "/v1/broken", bearer, 502),
+        Step("rate limit 2/m, first", "GET", "/v1/limited", bearer, 200),
+        Step("rate limit 2/m, second", "GET", "/v1/limited", bearer, 200),
+        Step("rate limit 2/m, third: over", "GET", "/v1/limited", bearer, 429),
         Step("session details", "GET", "/oauth20/access-token", imp, 200),
         Step("revoke the session", "DELETE", "/oauth20/access-token", imp, 200),
         Step("revoked token", "GET", "/v1/items", imp, 401),

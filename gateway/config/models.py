@@ -295,6 +295,7 @@ class TokensConfig(Model):
 
 
 RATE_KEYS = ("client_id", "sub", "grant", "route", "ip")
+_POLICY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _RATE = re.compile(r"^\s*([0-9]+)\s*/\s*(s|m|h)\s*$")
 _RATE_PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -738,6 +739,16 @@ class GatewayConfig(Model):
     @classmethod
     def _cidrs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(str(_network(x)) for x in v)
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _policy_names(cls, v: dict[str, RateLimitConfig]) -> dict[str, RateLimitConfig]:
+        bad = sorted(n for n in v if not _POLICY_NAME.match(n))
+        if bad:
+            raise ValueError(
+                f"policy name(s) {bad}: 1-64 of A-Z a-z 0-9 _ . - (they appear in headers)"
+            )
+        return v
 
     @field_validator("workers")
     @classmethod
