@@ -182,3 +182,26 @@ async def test_leases_spare_redis_and_go_back_when_idle(make_gateway, echo_upstr
         await asyncio.sleep(0.1)
     assert not client.exists(keys[0])  # the unspent lease went back: the bucket is full again
     client.close()
+
+
+async def test_a_bucket_redis_cannot_judge_is_limited_locally(
+    make_gateway, echo_upstream, redis_url
+):
+    """A Redis that answers but refuses the script for a key (here: another type stored at the
+    bucket's key) neither opens the limit nor refuses everything: this process's counts."""
+    import hashlib
+
+    limits = {"small": {"key": ["client_id"], "rate": "3/h"}}
+    routes = [{"name": "api", "path_prefix": "/v1", "upstream": "api", "rate_limit": "small"}]
+    cfg = base_config(
+        echo_upstream.url, routes=routes, rate_limits=limits, redis={"url": redis_url}
+    )
+    gw = await make_gateway(cfg)
+    token = await gw.gateway.runtime.validator.issue("code", "web-app", "alice", "read")
+    client = redis.Redis.from_url(redis_url)
+    digest = hashlib.sha256(b"small\x00web-app").hexdigest()[:32]
+    client.hset(f"gw:rl:small:{digest}", "not", "a bucket")
+    async with aiohttp.ClientSession() as s:
+        statuses = [(await _status(s, gw.url + "/v1/x", token))[0] for _ in range(5)]
+    client.close()
+    assert statuses == [200, 200, 200, 429, 429]

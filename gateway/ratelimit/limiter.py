@@ -54,6 +54,8 @@ LEASE_SHARE: Final = 8
 LEASE_MAX: Final = 1000
 #: attempts of a waiting request to get a leased token before it is refused
 WAIT_ATTEMPTS: Final = 3
+#: local buckets kept at most (per process); beyond, the least recently used are forgotten
+MAX_BUCKETS: Final = 200_000
 
 # The shared bucket in Redis: its theoretical arrival time (TAT, Redis' clock, microseconds).
 # want > 0: take up to `want` tokens; want < 0: give `-want` unspent tokens back; want = 0:
@@ -102,7 +104,7 @@ class Bucket:
         self.shared_tat = 0.0
         #: Redis said it had no token before this time: refused here without asking
         self.empty_until = 0.0
-        self.refill: asyncio.Future[None] | None = None  # a Redis call in flight
+        self.refill: asyncio.Future[bool] | None = None  # a Redis call in flight
         self.waiting = 0
         self.used_at = 0.0
         self.redis_key = ""
@@ -124,7 +126,7 @@ class RateLimiter:
         self.trusted: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         self.buckets: dict[str, Bucket] = {}
         self._sweeper: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[bool]] = set()
         self._local_logged = False
 
     def configure(self, redis: RedisConnection | None, trusted: Iterable[str]) -> None:
@@ -168,8 +170,11 @@ class RateLimiter:
         for _ in range(WAIT_ATTEMPTS):
             now = _monotonic()
             for b in self._buckets(ex, limits, info, now):
-                if b.lease < 1 and now >= b.empty_until:
-                    await self._refilled(b)
+                if b.lease < 1 and now >= b.empty_until and not await self._refilled(b):
+                    # Redis did not answer (down, or refusing the script): this process's counts
+                    now = _monotonic()
+                    self._admit_local(ex, limits, self._buckets(ex, limits, info, now), now, True)
+                    return
             if self.admit(ex, limits, info):
                 return
         # other requests of this key took every token Redis handed out: the key is at its limit
@@ -322,28 +327,32 @@ class RateLimiter:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _refilled(self, b: Bucket) -> None:
-        """Until this bucket's refill (the one in flight, or a new one) has answered."""
+    async def _refilled(self, b: Bucket) -> bool:
+        """Until this bucket's refill (the one in flight, or a new one) has answered; False
+        when Redis did not."""
         pending = b.refill
         if pending is not None:
             b.waiting += 1
             try:
-                await asyncio.shield(pending)
+                return await asyncio.shield(pending)
             finally:
                 b.waiting -= 1
-            return
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         b.refill = done
+        ok = False
         try:
-            await self._lease(b, max(b.lease_size, b.waiting + 1))
+            ok = await self._lease(b, max(b.lease_size, b.waiting + 1))
         finally:
             b.refill = None
-            done.set_result(None)
+            done.set_result(ok)
+        return ok
 
-    async def _lease(self, b: Bucket, want: int) -> None:
+    async def _lease(self, b: Bucket, want: int) -> bool:
+        """Take `want` tokens from the shared bucket (give `-want` back); False when Redis did
+        not answer."""
         redis = self.redis
         if redis is None:
-            return
+            return False
         interval_us = max(1, round(b.interval * 1_000_000))
         if not b.redis_key:
             b.redis_key = _redis_key(redis, b.policy, b.key)
@@ -351,7 +360,7 @@ class RateLimiter:
         try:
             granted, ahead_us = await redis.run(lambda r: _call_script(r, b.redis_key, args))
         except RedisUnavailableError:
-            return  # the next admit() limits locally while Redis is skipped
+            return False
         now = _monotonic()
         self._local_logged = False
         b.shared_tat = now + ahead_us / 1_000_000
@@ -360,12 +369,17 @@ class RateLimiter:
             if granted < want:
                 wait = ahead_us / 1_000_000 - (b.burst - 1) * b.interval
                 b.empty_until = now + max(wait, 0.001)
+        return True
 
     async def _sweep(self) -> None:
-        """Give idle keys' unspent tokens back to Redis; forget buckets that are full again."""
+        """Give idle keys' unspent tokens back to Redis; forget idle buckets that are full again
+        (with Redis up, any idle one: Redis keeps its state); past MAX_BUCKETS, the least
+        recently used."""
         while True:
             await asyncio.sleep(SWEEP_EVERY)
             now = _monotonic()
+            redis = self.redis
+            shared = redis is not None and not redis.is_down
             forget: list[str] = []
             for key, b in self.buckets.items():
                 idle = now - b.used_at
@@ -373,10 +387,18 @@ class RateLimiter:
                     continue
                 if b.lease > 0:
                     self._give_back(b)
-                elif b.tat <= now and b.shared_tat <= now:
+                elif b.tat <= now and (shared or b.shared_tat <= now):
                     forget.append(key)
             for key in forget:
                 del self.buckets[key]
+            over = len(self.buckets) - MAX_BUCKETS
+            if over > 0:
+                oldest = sorted(self.buckets.values(), key=_used_at)[:over]
+                for b in oldest:
+                    if b.refill is None and not b.waiting:
+                        if b.lease > 0:
+                            self._give_back(b)
+                        del self.buckets[b.key]
 
     def _give_back(self, b: Bucket) -> None:
         n, b.lease = b.lease, 0
@@ -393,6 +415,10 @@ async def _call_script(r: Any, key: str, args: tuple[int, int, int]) -> tuple[in
     except NoScriptError:
         res = await r.eval(LEASE_SCRIPT, 1, key, *args)
     return int(res[0]), int(res[1])
+
+
+def _used_at(b: Bucket) -> float:
+    return b.used_at
 
 
 def _redis_key(redis: RedisConnection, policy: str, key: str) -> str:
