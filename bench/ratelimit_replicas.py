@@ -29,7 +29,7 @@ from procs import HOST, Stack, free_port, wait_port
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
-POLICIES = {"p100": ("100/s", 100), "p1000": ("1000/s", 200), "p10": ("10/s", 20)}
+POLICIES = {"p100": ("100/s", 100), "p300": ("300/s", 300), "p10": ("10/s", 20)}
 
 
 def gateway_config(port: int, upstream: int, redis_port: int) -> dict[str, Any]:

@@ -372,7 +372,7 @@ class Bench:
         rows.append(
             Workload(
                 "gw_limited",
-                "gateway, token route + rate limit",
+                "gateway, rate-limited token route",
                 gw,
                 url(gw_port, "/limited"),
                 log_files=gw_logs,
@@ -390,7 +390,7 @@ class Bench:
                 ),
                 Workload(
                     "gwr_limited",
-                    "gateway + Redis, token route + rate limit",
+                    "gateway + Redis, rate-limited route",
                     gwr,
                     url(gwr_port, "/limited"),
                     log_files=gwr_logs,
