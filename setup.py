@@ -37,6 +37,8 @@ NATIVE_MODULES = [
     "gateway/metrics.py",
     "gateway/normalize.py",
     "gateway/pipeline.py",
+    "gateway/ratelimit/limiter.py",
+    "gateway/ratelimit/policy.py",
     "gateway/routing.py",
     "gateway/runtime.py",
     "gateway/upstream_headers.py",

@@ -9,7 +9,7 @@ the client transport. What remains of a real request is the kernel's share (two 
 writes) and the event loop's. Prints microseconds per request (noisy on a shared VM);
 `bench/instructions.py` runs this under callgrind for counts that do not move between runs.
 
-    .venv/bin/python bench/hotpath.py [--requests 100000] [--path /bench|/public]
+    .venv/bin/python bench/hotpath.py [--requests 100000] [--path /bench|/public|/limited]
 """
 
 from __future__ import annotations
@@ -78,7 +78,17 @@ def config() -> dict[str, Any]:
                 "scopes": ["bench"],
             },
             {"name": "public", "path": "/public", "upstream": "api", "auth": "public"},
+            {
+                "name": "limited",
+                "path": "/limited",
+                "upstream": "api",
+                "grants": ["authorization_code"],
+                "scopes": ["bench"],
+                "rate_limit": "bench",
+            },
         ],
+        # never reached: the cost of the bookkeeping (local buckets: no Redis here)
+        "rate_limits": {"bench": {"key": ["client_id"], "rate": "1000000/s"}},
     }
 
 
@@ -125,7 +135,7 @@ async def run(requests: int, path: str) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--requests", type=int, default=100_000)
-    p.add_argument("--path", default="/bench", choices=["/bench", "/public"])
+    p.add_argument("--path", default="/bench", choices=["/bench", "/public", "/limited"])
     args = p.parse_args()
     us = uvloop.run(run(args.requests, args.path))
     print(

@@ -72,10 +72,13 @@ def gateway_config(
     extra_routes: int = 0,
     workers: Any = 1,
     tls: certs.ServerCert | None = None,
+    redis_url: str | None = None,
 ) -> dict[str, Any]:
-    """The gateway's config: `/bench` (token, grant and scope checked) and `/public`; with
-    `extra_routes`, that many filler routes come first and `/bench` is the last route; with
-    `tls`, the listener serves HTTPS with that certificate."""
+    """The gateway's config: `/bench` (token, grant and scope checked), `/limited` (the same
+    with a rate limit keyed by client_id, never reached) and `/public`; with `extra_routes`,
+    that many filler routes come first and `/bench` is the last route; with `tls`, the listener
+    serves HTTPS with that certificate. `redis_url`: the token store and the rate limit's
+    buckets in that Redis."""
     fillers: list[dict[str, Any]] = []
     for i in range(extra_routes):
         kind = i % 5
@@ -131,6 +134,11 @@ def gateway_config(
         cfg["routes"].append(
             {"name": "public", "path": "/public", "upstream": "up", "auth": "public"}
         )
+        limited = {**cfg["routes"][-2], "name": "limited", "path": "/limited"}
+        cfg["routes"].append({**limited, "rate_limit": "bench"})
+        cfg["rate_limits"] = {"bench": {"key": ["client_id"], "rate": "1000000/s"}}
+    if redis_url is not None:
+        cfg["redis"] = {"url": redis_url, "key_prefix": "bench:"}
     return cfg
 
 
@@ -218,6 +226,18 @@ class Bench:
         wait_port(port, proc=proc)
         self.access_logs[name] = access
         return proc, port
+
+    def start_redis(self) -> int | None:
+        """A redis-server for the `gateway + Redis` rows (None when not installed)."""
+        binary = shutil.which("redis-server")
+        if binary is None:
+            print("redis-server not found: the `gateway + Redis` rows are skipped")
+            return None
+        port = free_port()
+        argv = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"]
+        proc = self.stack.start("redis", pin(self.core(0)) + argv)
+        wait_port(port, proc=proc)
+        return port
 
     def start_bare(self, upstream_port: int) -> tuple[Proc, int]:
         port = free_port()
@@ -329,6 +349,14 @@ class Bench:
             gw_tls, gw_tls_port = self.start_gateway(
                 "gateway_tls", gateway_config(free_port(), up, idp, tls=self.cert), self.core(1)
             )
+        gwr = gwr_port = None
+        redis_port = self.start_redis()
+        if redis_port is not None:
+            gwr, gwr_port = self.start_gateway(
+                "gateway_redis",
+                gateway_config(free_port(), up, idp, redis_url=f"redis://{HOST}:{redis_port}/0"),
+                self.core(1),
+            )
         bare, bare_port = self.start_bare(up)
         peer = peer_port = peer_tls_port = None
         if self.use_nginx:
@@ -381,6 +409,33 @@ class Bench:
                 log_files=gw_logs,
             ),
         ]
+        rows.append(
+            Workload(
+                "gw_limited",
+                "gateway, rate-limited token route",
+                gw,
+                url(gw_port, "/limited"),
+                log_files=gw_logs,
+            )
+        )
+        if gwr is not None and gwr_port is not None:
+            gwr_logs = [self.access_logs["gateway_redis"]]
+            rows += [
+                Workload(
+                    "gwr",
+                    "gateway + Redis, token route",
+                    gwr,
+                    url(gwr_port, "/bench"),
+                    log_files=gwr_logs,
+                ),
+                Workload(
+                    "gwr_limited",
+                    "gateway + Redis, rate-limited route",
+                    gwr,
+                    url(gwr_port, "/limited"),
+                    log_files=gwr_logs,
+                ),
+            ]
         if peer is not None and peer_port is not None:
             rows.append(
                 Workload(
@@ -686,6 +741,16 @@ class Bench:
             )
         print("  " + self.compare("100 routes / 1 route", ref["gw100"], gw, 0.05))
         print("  " + self.compare("token route / public route", gw, ref["gw_public"], 0.10))
+        print(
+            "  " + self.compare("rate-limited / same route, no Redis", ref["gw_limited"], gw, 0.15)
+        )
+        if "gwr_limited" in ref:
+            print(
+                "  "
+                + self.compare(
+                    "rate-limited / same route, Redis", ref["gwr_limited"], ref["gwr"], 0.15
+                )
+            )
         status, body = self.get(f"http://{HOST}:{idp}/count", None)
         idp_calls = json.loads(body).get("introspect") if status == 200 else "?"
         auth_log = self.tmp / "nginx-peer" / "auth.log"

@@ -234,7 +234,7 @@ class Authenticator:
         )
         if creds.dpop:
             ex.challenge = policy.dpop_challenge
-            ex.answer_headers = self.sender.dpop.nonce_header(_wall_clock())
+            ex.answer_headers += self.sender.dpop.nonce_header(_wall_clock())
         if creds.in_query:
             ex.private_cache = True  # RFC 6750 2.3
         if creds.token is None:

@@ -426,11 +426,11 @@ class DpopVerifier:
         if shared is not None and not await shared.first_time(proof.replay_key):
             raise _refuse("dpop_replayed")
 
-    def nonce_header(self, now: float) -> list[tuple[bytes, bytes]] | None:
-        """`DPoP-Nonce` for every answer to a DPoP request, when nonces are on."""
+    def nonce_header(self, now: float) -> str:
+        """The `DPoP-Nonce` line of every answer to a DPoP request; "" when nonces are off."""
         if self.nonces is None:
-            return None
-        return [(b"dpop-nonce", self.nonces.current(now).encode("ascii"))]
+            return ""
+        return "dpop-nonce: " + self.nonces.current(now) + "\r\n"
 
 
 # -- the request URI (htu) ----------------------------------------------------------------------

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import os
 import re
-import signal
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -228,30 +227,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _run_workers(cfg: GatewayConfig, path: str, workers: int) -> int:
-    """`workers: N|auto`: N processes sharing the ports through SO_REUSEPORT."""
-    import multiprocessing
+    """`workers: N|auto`: N processes sharing the ports through SO_REUSEPORT, one admin
+    listener in the parent for all of them."""
+    from gateway.workers import run_workers
 
-    from gateway.serve import install_uvloop, serve
-
-    def child() -> None:
-        install_uvloop()
-        asyncio.run(serve(cfg, path, reuse_port=True))
-
-    ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=child, daemon=False) for _ in range(workers)]
-    for proc in procs:
-        proc.start()
-
-    def forward(sig: int, _frame: object) -> None:
-        for proc in procs:
-            if proc.pid is not None and proc.is_alive():
-                os.kill(proc.pid, sig)
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, forward)
-    for proc in procs:
-        proc.join()
-    return 0 if all(p.exitcode == 0 for p in procs) else 1
+    return run_workers(cfg, path, workers)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -1,9 +1,10 @@
 """`gateway demo`: an echo upstream and the gateway on embedded defaults, no Redis, no IdP.
 
 Mints one authorization-code token and one implicit token, prints curl commands that show every
-answer of SPEC section 4, and (with --self-test) runs them and checks each status. With --tls
-the gateway listens on HTTPS with a throwaway CA and certificates made in a temp dir (removed at
-the end), asks clients for an optional certificate, and the commands use `--cacert`.
+answer of SPEC section 4 and a rate limit's 429 (section 14), and (with --self-test) runs them
+and checks each status. With --tls the gateway listens on HTTPS with a throwaway CA and
+certificates made in a temp dir (removed at the end), asks clients for an optional
+certificate, and the commands use `--cacert`.
 """
 
 from __future__ import annotations
@@ -174,6 +175,7 @@ def demo_config(
             {"id": demo_resource(port), "authorization_servers": ["https://idp.example/"]}
         ],
         "tokens": {"dpop": {"max_age": "10m"}},  # the printed proofs stay usable a while
+        "rate_limits": {"per_client": {"key": ["client_id"], "rate": "2/m"}},
         "upstreams": {"echo": {"url": upstream}, "down": {"url": dead, "connect_timeout": "1s"}},
         "routes": [
             {"name": "status", "path": "/status", "upstream": "echo", "auth": "public"},
@@ -203,6 +205,12 @@ def demo_config(
                 "path_prefix": "/v1/transfers",
                 "upstream": "echo",
                 "sender_constraint": "any",
+            },
+            {
+                "name": "limited",
+                "path_prefix": "/v1/limited",
+                "upstream": "echo",
+                "rate_limit": "per_client",
             },
             {"name": "api", "path_prefix": "/v1", "upstream": "echo", "query_token": True},
         ],
@@ -313,6 +321,9 @@ def demo_steps(
         Step("no route", "GET", "/nowhere", {}, 404),
         Step("body over the limit", "POST", "/v1/items", bearer, 413, b"x" * 2000),
         Step("upstream down", "GET", "/v1/broken", bearer, 502),
+        Step("rate limit 2/m, first", "GET", "/v1/limited", bearer, 200),
+        Step("rate limit 2/m, second", "GET", "/v1/limited", bearer, 200),
+        Step("rate limit 2/m, third: over", "GET", "/v1/limited", bearer, 429),
         Step("session details", "GET", "/oauth20/access-token", imp, 200),
         Step("revoke the session", "DELETE", "/oauth20/access-token", imp, 200),
         Step("revoked token", "GET", "/v1/items", imp, 401),

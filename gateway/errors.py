@@ -17,6 +17,7 @@
     ├── MethodNotAllowedError        405 method_not_allowed
     ├── PayloadTooLargeError         413 request_entity_too_large
     ├── UriTooLongError              414 uri_too_long
+    ├── RateLimitedError             429 rate_limited (+ Retry-After, RateLimit-Policy, RateLimit)
     ├── HeadersTooLargeError         431 request_header_fields_too_large
     ├── UpstreamError                502 bad_gateway
     ├── ValidatorUnavailableError    503 temporarily_unavailable (+ Retry-After)
@@ -170,6 +171,22 @@ class UriTooLongError(GatewayError):
     status = 414
     error_code = "uri_too_long"
     description = "The request URI is longer than allowed."
+
+
+class RateLimitedError(GatewayError):
+    """Over a rate limit of the route (SPEC section 14): the answer says when to retry and
+    the state of each of the route's policies."""
+
+    status = 429
+    error_code = "rate_limited"
+    description = "Too many requests; retry after the time given in Retry-After."
+
+    def __init__(
+        self, retry_after: int, headers: list[tuple[bytes, bytes]], reason: str | None = None
+    ) -> None:
+        self.retry_after = retry_after  # type: ignore[misc]  # per answer, not per class
+        self.headers = headers  # RateLimit-Policy and RateLimit
+        super().__init__(reason)
 
 
 class HeadersTooLargeError(GatewayError):

@@ -15,6 +15,7 @@ from gateway.http.exchange import Exchange
 from gateway.http.tasks import spawn
 from gateway.normalize import normalize_path
 from gateway.pipeline import checked_policy, match_route
+from gateway.ratelimit.limiter import RateLimiter
 from gateway.routing import RouteTable
 from gateway.upstream_headers import identity_headers
 
@@ -38,11 +39,16 @@ class ForwardAuthHandler:
     """The decision endpoint: the same routing and authentication stage as proxy mode."""
 
     def __init__(
-        self, routes: RouteTable, authn: Authenticator, observe: Callable[[Exchange], None]
+        self,
+        routes: RouteTable,
+        authn: Authenticator,
+        observe: Callable[[Exchange], None],
+        limiter: RateLimiter,
     ) -> None:
         self.routes = routes
         self.authn = authn
         self.observe = observe
+        self.limiter = limiter
 
     def handle(self, ex: Exchange) -> None:
         """The server's entry point for the decision listener."""
@@ -58,6 +64,10 @@ class ForwardAuthHandler:
         route = match_route(self.routes, ex, path)
         headers: list[tuple[bytes, bytes]] = []
         policy = checked_policy(ex, route)
+        info = None
         if policy is not None:
-            headers = identity_headers(await self.authn.authenticate(ex, policy))
+            info = await self.authn.authenticate(ex, policy)
+            headers = identity_headers(info)
+        if route.limits is not None:  # the same limits as proxy mode (this request counts)
+            await self.limiter.acquire(ex, route.limits, info)
         ex.respond(200, headers, b"")

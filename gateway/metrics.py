@@ -84,6 +84,33 @@ class RequestStats(Collector):
         yield duration
 
 
+class RateLimitStats(Collector):
+    """Rate-limit refusals by route and policy, and decisions taken on this process's own
+    counts while Redis was unreachable, by policy (plain dicts, updated by the limiter)."""
+
+    def __init__(self) -> None:
+        self.limited: dict[tuple[str, str], int] = {}
+        self.local: dict[str, int] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        limited = CounterMetricFamily(
+            "gateway_rate_limited",
+            "Requests refused with 429 by a rate limit.",
+            labels=["route", "policy"],
+        )
+        for (route, policy), n in sorted(self.limited.items()):
+            limited.add_metric([route, policy], n)
+        local = CounterMetricFamily(
+            "gateway_rate_limit_local",
+            "Rate-limit decisions taken on this process's own counts while Redis was unreachable.",
+            labels=["policy"],
+        )
+        for policy, n in sorted(self.local.items()):
+            local.add_metric([policy], n)
+        yield limited
+        yield local
+
+
 class Metrics:
     """Requests by route and status, latency, upstream errors, denials, in-flight."""
 
@@ -92,6 +119,8 @@ class Metrics:
         r = self.registry
         self.stats = RequestStats()
         r.register(self.stats)
+        self.rate_limits = RateLimitStats()
+        r.register(self.rate_limits)
         self.upstream_errors = Counter(
             "gateway_upstream_errors_total",
             "Upstream failures (refused, reset, timeout).",

@@ -1,4 +1,5 @@
-"""The request pipeline: route → authenticate (extract, identify, authorize) → forward.
+"""The request pipeline: route → authenticate (extract, identify, authorize) → rate limits →
+forward.
 
 The fast path (cached token, idle upstream connection) runs synchronously from the server's
 read callback; anything that must wait (a token lookup, a form body, a new upstream connection)
@@ -18,6 +19,8 @@ from gateway.forward import Forwarder
 from gateway.http.exchange import Exchange
 from gateway.http.tasks import spawn
 from gateway.normalize import normalize_path
+from gateway.ratelimit.limiter import RateLimiter
+from gateway.ratelimit.policy import RoutePolicies
 from gateway.resource_metadata import ResourceMetadata
 from gateway.routing import Route, RouteTable
 from gateway.sessions import SessionEndpoint
@@ -61,9 +64,11 @@ class Pipeline:
         sessions: SessionEndpoint,
         session_path: str | None,
         observe: Callable[[Exchange], None],
+        limiter: RateLimiter,
         metadata: ResourceMetadata | None = None,
     ) -> None:
         self.routes = routes
+        self.limiter = limiter
         self.authn = authn
         self.forwarder = forwarder
         self.sessions = sessions
@@ -92,11 +97,17 @@ class Pipeline:
             ex.set_body_limit(route.max_body)
             policy = checked_policy(ex, route)
             if policy is None:
-                self.forwarder.forward(ex, route, None)
+                if route.limits is None:
+                    self.forwarder.forward(ex, route, None)
+                else:
+                    self._limit_then_forward(ex, route, None)
                 return
             result = self.authn.begin(ex, policy)
             if isinstance(result, TokenInfo):
-                self.forwarder.forward(ex, route, result)
+                if route.limits is None:
+                    self.forwarder.forward(ex, route, result)
+                else:
+                    self._limit_then_forward(ex, route, result)
             else:
                 spawn(ex, self._finish_then_forward(ex, route, policy, result))
         except GatewayError as exc:
@@ -106,4 +117,23 @@ class Pipeline:
         self, ex: Exchange, route: Route, policy: AuthPolicy, pending: Pending
     ) -> None:
         info = await self.authn.finish(ex, policy, pending)
+        limits = route.limits
+        if limits is not None:
+            await self.limiter.acquire(ex, limits, info)
+        self.forwarder.forward(ex, route, info)
+
+    def _limit_then_forward(self, ex: Exchange, route: Route, info: TokenInfo | None) -> None:
+        """The route's rate limits (raise RateLimitedError when over), then forward: at once,
+        or in a task when a key must hear from Redis first."""
+        limits = route.limits
+        assert limits is not None
+        if self.limiter.admit(ex, limits, info):
+            self.forwarder.forward(ex, route, info)
+        else:
+            spawn(ex, self._wait_then_forward(ex, route, limits, info))
+
+    async def _wait_then_forward(
+        self, ex: Exchange, route: Route, limits: RoutePolicies, info: TokenInfo | None
+    ) -> None:
+        await self.limiter.wait(ex, limits, info)
         self.forwarder.forward(ex, route, info)

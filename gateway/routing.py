@@ -19,6 +19,7 @@ from gateway.config.models import (
 from gateway.extract import ExtractPolicy
 from gateway.http.wire import Challenge, dpop_challenge
 from gateway.normalize import normalize_path
+from gateway.ratelimit.policy import RoutePolicies
 
 
 def normalize_host(host: str | None) -> str | None:
@@ -118,6 +119,7 @@ class Route:
     forward_token: bool
     max_body: int
     config: RouteConfig
+    limits: RoutePolicies | None = None  # the route's rate limits; None: none
 
     @classmethod
     def from_config(
@@ -127,6 +129,7 @@ class Route:
         default_max_body: int,
         tokens: TokensConfig,
         resources: dict[str, ResourceConfig] | None = None,
+        limits: RoutePolicies | None = None,
     ) -> Route:
         """Compile `routes[index]` (validated already: its paths survive normalisation)."""
         kind: Literal["exact", "prefix", "regex"]
@@ -150,6 +153,7 @@ class Route:
             forward_token=rc.forward_token,
             max_body=rc.max_body if rc.max_body is not None else default_max_body,
             config=rc,
+            limits=limits,
         )
 
     def accepts(self, method: str, host: str | None) -> bool:
@@ -206,7 +210,16 @@ class RouteTable:
         resources = {r.id: r for r in cfg.resources}
         return cls(
             tuple(
-                Route.from_config(rc, i, limit, tokens, resources)
+                Route.from_config(
+                    rc,
+                    i,
+                    limit,
+                    tokens,
+                    resources,
+                    RoutePolicies.for_route(rc.name, rc.rate_limits, cfg)
+                    if rc.rate_limits
+                    else None,
+                )
                 for i, rc in enumerate(cfg.routes)
             )
         )
@@ -328,7 +341,9 @@ def _describe_policy(route: Route) -> str:
             policy += f" resource={auth.resource}"
         if route.config.sender_constraint != "off":
             policy += f" sender_constraint={route.config.sender_constraint}"
-    return f"{policy} forward_token={_yn(route.forward_token)} max_body={route.max_body}"
+    limits = route.config.rate_limits
+    rate = f" rate_limit={','.join(limits)}" if limits else ""
+    return f"{policy} forward_token={_yn(route.forward_token)} max_body={route.max_body}{rate}"
 
 
 def _yn(flag: bool) -> str:

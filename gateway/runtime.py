@@ -22,6 +22,7 @@ from gateway.http.pool import UpstreamPool
 from gateway.logs import AccessLog, use_json
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
+from gateway.ratelimit.limiter import RateLimiter
 from gateway.resource_metadata import ResourceMetadata
 from gateway.routing import RouteTable, session_policy
 from gateway.sessions import SessionEndpoint
@@ -39,6 +40,7 @@ class Runtime:
         validator: TokenValidator,
         metrics: Metrics,
         pools: dict[str, UpstreamPool] | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.cfg = cfg
         self.validator = validator
@@ -58,13 +60,18 @@ class Runtime:
         dpop.use_redis(validator.redis)
         sender = SenderCheck(dpop, self.forwarder.trusted, cfg.tokens.mtls.cert_header)
         self.authn = Authenticator(validator, self.apps, sender)
+        # the buckets carry over a reload, as the token cache does
+        self.limiter = limiter or RateLimiter(metrics.rate_limits)
+        self.limiter.configure(validator.redis, cfg.trusted_proxies)
         sessions = SessionEndpoint(self.authn, validator, session_policy(cfg.tokens))
         self.pipeline = Pipeline(
             self.routes, self.authn, self.forwarder, sessions, self.session_path, self.observe,
-            ResourceMetadata.from_config(cfg),
+            self.limiter, ResourceMetadata.from_config(cfg),
         )  # fmt: skip
         decisions = Authenticator(validator, self.apps, sender.for_forward_auth())
-        self.decider = ForwardAuthHandler(self.routes, decisions, self.observe_decision)
+        self.decider = ForwardAuthHandler(
+            self.routes, decisions, self.observe_decision, self.limiter
+        )
 
     def observe(self, ex: Exchange) -> None:
         """Metrics and the access-log line of a finished (or abandoned) exchange."""

@@ -40,9 +40,12 @@ TLS_SHUTDOWN_TIMEOUT = 5.0
 class Gateway:
     """Owns the listeners and the current Runtime of one process."""
 
-    def __init__(self, cfg: GatewayConfig, config_path: str | None = None) -> None:
+    def __init__(
+        self, cfg: GatewayConfig, config_path: str | None = None, admin_socket: str | None = None
+    ) -> None:
         self.cfg = cfg
         self.config_path = config_path
+        self.admin_socket = admin_socket  # a worker's admin listener (gateway/workers.py)
         self.metrics = Metrics()
         self.runtime: Runtime | None = None
         self.ctx: ServerContext | None = None
@@ -110,13 +113,16 @@ class Gateway:
             app = build_admin_app(self.metrics, lambda: not self.draining)
             self.admin = web.AppRunner(app, access_log=None, handle_signals=False)
             await self.admin.setup()
-            admin_sock = _bind(cfg.admin.host, cfg.admin.port, reuse_port)
-            # aiohttp's SockSite cannot bound a TLS handshake: its server is created here
-            assert self.admin.server is not None
-            self.admin_server = await loop.create_server(
-                self.admin.server, sock=admin_sock, backlog=128, **self._tls_args(admin_tls)
-            )
-            self.ports["admin"] = admin_sock.getsockname()[1]
+            if self.admin_socket is not None:
+                await web.UnixSite(self.admin, self.admin_socket).start()
+            else:
+                admin_sock = _bind(cfg.admin.host, cfg.admin.port, reuse_port)
+                # aiohttp's SockSite cannot bound a TLS handshake: its server is created here
+                assert self.admin.server is not None
+                self.admin_server = await loop.create_server(
+                    self.admin.server, sock=admin_sock, backlog=128, **self._tls_args(admin_tls)
+                )
+                self.ports["admin"] = admin_sock.getsockname()[1]
         if self.config_path or self.tls:
             self._watch = asyncio.create_task(self._watch_config())
         log.info(
@@ -188,7 +194,7 @@ class Gateway:
         except ConfigError as exc:
             return self._refuse(exc)
         try:
-            rt = Runtime(cfg, validator, self.metrics, pools=old.pools)
+            rt = Runtime(cfg, validator, self.metrics, pools=old.pools, limiter=old.limiter)
         except ConfigError as exc:
             if validator is not old.validator:
                 await validator.close()
@@ -343,7 +349,12 @@ def install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def serve(cfg: GatewayConfig, config_path: str | None, reuse_port: bool = False) -> None:
-    gw = Gateway(cfg, config_path)
+async def serve(
+    cfg: GatewayConfig,
+    config_path: str | None,
+    reuse_port: bool = False,
+    admin_socket: str | None = None,
+) -> None:
+    gw = Gateway(cfg, config_path, admin_socket)
     await gw.start(reuse_port=reuse_port)
     await gw.run_until_signalled()

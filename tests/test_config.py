@@ -178,6 +178,7 @@ def test_demo_example_matches_embedded_demo():
     assert shipped.routes == embedded.routes
     assert shipped.apps == embedded.apps
     assert shipped.limits == embedded.limits
+    assert shipped.rate_limits == embedded.rate_limits
 
 
 def test_invalid_yaml_is_a_config_error(tmp_path):

@@ -634,3 +634,21 @@ def test_tls_client_auth_source_gets_no_secret(chart: helm.Chart) -> None:
     assert "client_secret" not in source
     env = {e["name"] for e in containers(docs)["gateway"].get("env", [])}
     assert not any(name.startswith("INTROSPECTION_CLIENT_SECRET") for name in env)
+
+
+def test_rate_limits_pass_through_to_the_config(chart: helm.Chart) -> None:
+    """config.rate_limits and routes[].rate_limit go into gateway.yaml as written; an app's
+    rate_limits stay with its entry next to the secrets the chart fills in."""
+    cfg = gateway_config(render(chart, STANDALONE_FULL))
+    assert cfg["rate_limits"]["per_client"] == {"key": ["client_id"], "rate": "100/s", "burst": 200}
+    assert cfg["routes"][-1]["rate_limit"] == ["per_client", "per_ip"]
+    app = cfg["apps"][0]
+    assert app["rate_limits"] == {"per_client": {"rate": "500/s", "burst": 1000}}
+    assert app["secrets"] == ["${APP_SECRET_0_0}", "${APP_SECRET_0_1:-}"]
+
+
+def test_values_schema_rejects_a_bad_app_rate(chart: helm.Chart) -> None:
+    values = copy.deepcopy(STANDALONE_FULL)
+    values["apps"][0]["rate_limits"] = {"per_client": {"rate": "fast"}}
+    with pytest.raises(Exception, match="rate"):
+        render(chart, values)

@@ -103,8 +103,18 @@ def parse_config(
     data = _resolve(data, "", env, base_dir or Path.cwd(), problems)
     upstreams = data.get("upstreams")
     names = set(upstreams) if isinstance(upstreams, dict) else set()
+    limits = data.get("rate_limits")
+    limits = limits if isinstance(limits, dict) else {}
+    context = {
+        "upstreams": names,
+        "rate_limits": set(limits),
+        "rate_limit_keys": {
+            name: tuple(p["key"]) if isinstance(p, dict) and isinstance(p.get("key"), list) else ()
+            for name, p in limits.items()
+        },
+    }
     try:
-        config = GatewayConfig.model_validate(data, context={"upstreams": names})
+        config = GatewayConfig.model_validate(data, context=context)
     except ValidationError as exc:
         for err in exc.errors():
             msg = err["msg"].removeprefix("Value error, ")

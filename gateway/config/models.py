@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -512,6 +513,91 @@ class TokensConfig(Model):
         return self.dpop if self.dpop is not None else _DEFAULT_DPOP
 
 
+RATE_KEYS = ("client_id", "sub", "grant", "route", "ip")
+_POLICY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_RATE = re.compile(r"^\s*([0-9]+)\s*/\s*(s|m|h)\s*$")
+_RATE_PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_rate(value: str) -> tuple[int, float]:
+    """`100/s` -> (100, 1.0); `5/m` -> (5, 60.0); `N` of at least 1."""
+    m = _RATE.match(value)
+    if m is None:
+        raise ValueError(f"invalid rate {value!r}: use N/s, N/m or N/h (e.g. 100/s)")
+    n = int(m.group(1))
+    if n < 1:
+        raise ValueError(f"invalid rate {value!r}: N must be at least 1")
+    return n, _RATE_PERIODS[m.group(2)]
+
+
+def _rate(v: str) -> str:
+    parse_rate(v)
+    return v.strip()
+
+
+class RateLimitConfig(Model):
+    """A named rate limit: one token bucket per distinct value of its `key`, refilled at
+    `rate`, holding up to `burst` requests. Routes name it in `routes[].rate_limit`; with
+    `redis:` the bucket is shared by every replica ([operations.md](operations.md#rate-limits))."""
+
+    key: tuple[Literal["client_id", "sub", "grant", "route", "ip"], ...] = Field(
+        min_length=1,
+        description="What one bucket is kept per, any of: `client_id`, `sub`, `grant` (of the "
+        "validated token, never an unverified claim), `route` (the route's name), `ip` (the "
+        "peer, or the client named by `X-Forwarded-For` when the peer is in "
+        "`trusted_proxies`). Only `ip` and `route` on `auth: public` routes.",
+        examples=[["client_id"], ["sub", "route"], ["ip"]],
+    )
+    rate: str = Field(
+        description="`N/s`, `N/m` or `N/h`: the steady rate the bucket refills at.",
+        examples=["100/s", "600/m"],
+    )
+    burst: int | None = Field(
+        None,
+        ge=1,
+        description="The bucket's size: requests allowed at once from a full bucket. Unset: "
+        "the rate's `N`.",
+    )
+
+    @field_validator("key")
+    @classmethod
+    def _unique_keys(
+        cls, v: tuple[Literal["client_id", "sub", "grant", "route", "ip"], ...]
+    ) -> tuple[Literal["client_id", "sub", "grant", "route", "ip"], ...]:
+        if len(set(v)) != len(v):
+            raise ValueError("a key part is listed twice")
+        return v
+
+    @field_validator("rate")
+    @classmethod
+    def _check_rate(cls, v: str) -> str:
+        return _rate(v)
+
+    @property
+    def identity_keyed(self) -> bool:
+        """Whether the key needs a validated token (client_id, sub or grant)."""
+        return any(k in ("client_id", "sub", "grant") for k in self.key)
+
+
+class RateOverrideConfig(Model):
+    """An app's own `rate` and `burst` for a named rate limit (its other settings stay)."""
+
+    rate: str | None = Field(
+        None, description="`N/s`, `N/m` or `N/h`; unset: the policy's.", examples=["1000/s"]
+    )
+    burst: int | None = Field(
+        None,
+        ge=1,
+        description="The bucket's size; unset: this override's `N` when it sets `rate`, else "
+        "the policy's `burst`.",
+    )
+
+    @field_validator("rate")
+    @classmethod
+    def _check_rate(cls, v: str | None) -> str | None:
+        return _rate(v) if v is not None else v
+
+
 class AppConfig(Model):
     """An application for `appsecret_proof`, found by the token's client_id
     ([answers.md](answers.md#appsecret_proof))."""
@@ -526,6 +612,20 @@ class AppConfig(Model):
         300.0,
         description="With `appsecret_time`, how far from now (either direction) it may be.",
     )
+    rate_limits: dict[str, RateOverrideConfig] = Field(
+        default_factory=dict,
+        description="Per-app overrides of named `rate_limits` (by policy name) for tokens of "
+        "this client_id.",
+        examples=[{"per_client": {"rate": "1000/s", "burst": 2000}}],
+    )
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _known_policies(
+        cls, v: dict[str, RateOverrideConfig], info: ValidationInfo
+    ) -> dict[str, RateOverrideConfig]:
+        _known_rate_limits(v, info)
+        return v
 
     @field_validator("secrets", mode="before")
     @classmethod
@@ -690,6 +790,12 @@ class RouteConfig(Model):
         "certificate-bound tokens from their certificate; `any`: either; `off`: any token (a "
         'bound token is still checked by its binding). Quote `"off"`.',
     )
+    rate_limit: str | tuple[str, ...] | None = Field(
+        None,
+        description="Name(s) of `rate_limits` applied to this route, after authentication and "
+        "authorization; all must allow, else 429 `rate_limited`.",
+        examples=["per_client", ["per_client", "per_ip"]],
+    )
 
     @field_validator("methods")
     @classmethod
@@ -736,6 +842,27 @@ class RouteConfig(Model):
                 raise ValueError(f"unknown grant(s) {bad}; known: {sorted(GRANTS)}")
         return v
 
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limits_exist(
+        cls, v: str | tuple[str, ...] | None, info: ValidationInfo
+    ) -> str | tuple[str, ...] | None:
+        if v is None:
+            return v
+        names = (v,) if isinstance(v, str) else v
+        if not names:
+            raise ValueError("name at least one policy of `rate_limits`")
+        if len(set(names)) != len(names):
+            raise ValueError("a policy is listed twice")
+        _known_rate_limits(names, info)
+        return v
+
+    @property
+    def rate_limits(self) -> tuple[str, ...]:
+        """The names in `rate_limit`, as a tuple."""
+        v = self.rate_limit
+        return () if v is None else (v,) if isinstance(v, str) else v
+
     @field_validator("upstream")
     @classmethod
     def _upstream_exists(cls, v: str, info: ValidationInfo) -> str:
@@ -761,6 +888,33 @@ class RouteConfig(Model):
                 "or a sender_constraint"
             )
         return self
+
+    @model_validator(mode="after")
+    def _public_rate_keys(self, info: ValidationInfo) -> RouteConfig:
+        if self.auth != "public":
+            return self
+        policies = (info.context or {}).get("rate_limit_keys") or {}
+        for name in self.rate_limits:
+            keys = policies.get(name) or ()
+            wrong = [k for k in keys if k in ("client_id", "sub", "grant")]
+            if wrong:
+                raise ValueError(
+                    f"rate_limit {name!r} is keyed by {wrong}, which a public route (no token) "
+                    "does not have; key it by `ip` or `route`"
+                )
+        return self
+
+
+def _known_rate_limits(names: Iterable[str], info: ValidationInfo) -> None:
+    known = (info.context or {}).get("rate_limits")
+    if known is None:
+        return
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(
+            f"no rate_limits policy named {', '.join(map(repr, unknown))}"
+            + (f"; known: {sorted(known)}" if known else "")
+        )
 
 
 class ResourceConfig(Model):
@@ -882,6 +1036,12 @@ class GatewayConfig(Model):
         description="Protected resources (RFC 8707 identifiers) for `routes[].resource`; each "
         "one's RFC 9728 metadata is served on the main listener.",
     )
+    rate_limits: dict[str, RateLimitConfig] = Field(
+        default_factory=dict,
+        description="Named rate limits for `routes[].rate_limit` and `apps[].rate_limits` "
+        "([operations.md](operations.md#rate-limits)).",
+        examples=[{"per_client": {"key": ["client_id"], "rate": "100/s", "burst": 200}}],
+    )
     routes: tuple[RouteConfig, ...] = Field(
         description="The routes, in match order; at least one.",
     )
@@ -890,6 +1050,16 @@ class GatewayConfig(Model):
     @classmethod
     def _cidrs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(str(_network(x)) for x in v)
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _policy_names(cls, v: dict[str, RateLimitConfig]) -> dict[str, RateLimitConfig]:
+        bad = sorted(n for n in v if not _POLICY_NAME.match(n))
+        if bad:
+            raise ValueError(
+                f"policy name(s) {bad}: 1-64 of A-Z a-z 0-9 _ . - (they appear in headers)"
+            )
+        return v
 
     @field_validator("workers")
     @classmethod

@@ -228,8 +228,9 @@ class Exchange:
         #: the route's WWW-Authenticate shape (resource_metadata, DPoP), set by the
         #: authenticate stage; None: RFC 6750's plain Bearer challenge
         self.challenge: wire.Challenge | None = None
-        #: headers every answer to this request carries (DPoP-Nonce), or None
-        self.answer_headers: list[tuple[bytes, bytes]] | None = None
+        #: header lines the gateway adds to every answer to this request, relayed or its own
+        #: (`DPoP-Nonce`, `RateLimit`); "" for none
+        self.answer_headers = ""
         self.on_gone: Callable[[], object] | None = None  # stops work when the client leaves
         self.on_end: Callable[[Exchange], None] | None = None  # metrics and access log
         self.route: Route | None = None
@@ -374,9 +375,6 @@ class Exchange:
         if streamed and not chunked:
             self.keep_alive = False  # HTTP/1.0 without a length: the close delimits the body
         self._chunked_out = chunked
-        extra = self.answer_headers
-        if extra is not None:
-            headers = headers + extra
         self._out.append(
             framing.response_head(
                 status,
@@ -387,6 +385,7 @@ class Exchange:
                 self.keep_alive,
                 head.request_id,
                 self.private_cache,
+                self.answer_headers,
             )
         )
 

@@ -21,10 +21,12 @@ def response_head(
     keep_alive: bool,
     request_id: str,
     private_cache: bool,
+    added: str = "",
 ) -> bytes:
     """Status line, `headers`, then the gateway's own: X-Request-Id, Cache-Control: private
-    (RFC 6750 2.3), the body's framing and what becomes of the connection. An HTTP/1.0 client
-    gets a 1.0 status line and an explicit keep-alive."""
+    (RFC 6750 2.3), `added` (whole header lines, e.g. `RateLimit`; "" for none), the body's
+    framing and what becomes of the connection. An HTTP/1.0 client gets a 1.0 status line and
+    an explicit keep-alive."""
     framing = ""
     if length is not None:
         length_text = str(length)
@@ -39,7 +41,7 @@ def response_head(
         connection = ""
     cache = "cache-control: private\r\n" if private_cache else ""
     # the headers the gateway adds, as one str (compiled: one allocation) and one encode
-    ours = (f"x-request-id: {request_id}\r\n{cache}{framing}{connection}\r\n").encode()
+    ours = (f"x-request-id: {request_id}\r\n{cache}{added}{framing}{connection}\r\n").encode()
     return wire.render_head(status, headers, version if version == b"1.0" else b"1.1", ours)
 
 

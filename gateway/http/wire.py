@@ -9,7 +9,12 @@ from typing import Final
 
 import orjson
 
-from gateway.errors import GatewayError, InsufficientScopeError, MethodNotAllowedError
+from gateway.errors import (
+    GatewayError,
+    InsufficientScopeError,
+    MethodNotAllowedError,
+    RateLimitedError,
+)
 
 HOP_BY_HOP: Final = frozenset(
     {
@@ -208,6 +213,8 @@ def error_headers(
         headers.append((b"allow", exc.allow.encode()))
     if exc.retry_after is not None:
         headers.append((b"retry-after", str(exc.retry_after).encode()))
+    if isinstance(exc, RateLimitedError):
+        headers += exc.headers
     return headers
 
 
