@@ -475,8 +475,9 @@ def request_uri(scheme: str, host: str | None, path: str) -> str:
 # -- certificates from a front proxy ------------------------------------------------------------
 
 
-def _xfcc_elements(value: str) -> list[str]:
-    """The comma-separated elements of an X-Forwarded-Client-Cert value (quotes respected)."""
+def _split_quoted(value: str, sep: str) -> list[str]:
+    """`value` split at `sep` outside double quotes (a backslash escapes inside them), as
+    X-Forwarded-Client-Cert writes its elements (`,`) and their fields (`;`)."""
     out: list[str] = []
     current: list[str] = []
     quoted = escaped = False
@@ -487,7 +488,7 @@ def _xfcc_elements(value: str) -> list[str]:
             escaped = True
         elif ch == '"':
             quoted = not quoted
-        elif ch == "," and not quoted:
+        elif ch == sep and not quoted:
             out.append("".join(current))
             current = []
             continue
@@ -496,25 +497,14 @@ def _xfcc_elements(value: str) -> list[str]:
     return out
 
 
+def _xfcc_elements(value: str) -> list[str]:
+    """The comma-separated elements of an X-Forwarded-Client-Cert value (quotes respected)."""
+    return _split_quoted(value, ",")
+
+
 def _xfcc_fields(element: str) -> dict[str, str]:
     fields: dict[str, str] = {}
-    current: list[str] = []
-    quoted = escaped = False
-    pairs: list[str] = []
-    for ch in element:
-        if escaped:
-            escaped = False
-        elif ch == "\\" and quoted:
-            escaped = True
-        elif ch == '"':
-            quoted = not quoted
-        elif ch == ";" and not quoted:
-            pairs.append("".join(current))
-            current = []
-            continue
-        current.append(ch)
-    pairs.append("".join(current))
-    for pair in pairs:
+    for pair in _split_quoted(element, ";"):
         name, sep, val = pair.strip().partition("=")
         if sep:
             if len(val) >= 2 and val[0] == '"' and val[-1] == '"':
