@@ -39,6 +39,7 @@ NATIVE_MODULES = [
     "gateway/pipeline.py",
     "gateway/routing.py",
     "gateway/runtime.py",
+    "gateway/tracecontext.py",
     "gateway/upstream_headers.py",
 ]
 

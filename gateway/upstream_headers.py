@@ -15,6 +15,7 @@ from gateway.http import wire
 from gateway.http.exchange import Exchange
 from gateway.http.outgoing import OutgoingRequest
 from gateway.routing import Route
+from gateway.tracecontext import TRACEPARENT, TRACESTATE, incoming
 
 _UNSAFE_VALUE: Final = re.compile(rb"[^\x20-\x7e]")
 
@@ -81,6 +82,7 @@ HOP: Final = 1  # hop-by-hop: dropped, except Connection / Upgrade of a relayed 
 CREDENTIAL: Final = 2  # Authorization, appsecret proofs: only with forward_token
 APPEND_XFF: Final = 3  # X-Forwarded-For: appended to when the peer is trusted, else replaced
 KEEP_IF_TRUSTED: Final = 4  # X-Forwarded-Proto / -Host: kept from trusted peers, else replaced
+TRACE_CONTEXT: Final = 5  # traceparent / tracestate: the request's trace context replaces them
 
 _OURS: Final = frozenset({b"x-request-id", b"content-length", b"expect", b"host"})
 ACTIONS: Final[dict[bytes, int]] = {
@@ -91,6 +93,8 @@ ACTIONS: Final[dict[bytes, int]] = {
     b"x-forwarded-for": APPEND_XFF,
     b"x-forwarded-proto": KEEP_IF_TRUSTED,
     b"x-forwarded-host": KEEP_IF_TRUSTED,
+    TRACEPARENT: TRACE_CONTEXT,
+    TRACESTATE: TRACE_CONTEXT,
 }
 
 
@@ -122,6 +126,9 @@ def upstream_request(
     xff = b""
     kept_proto = kept_host = False
     kept: list[tuple[bytes, bytes]] = []
+    parents = 0  # traceparent fields received (two or more are invalid)
+    parent = b""
+    states: list[bytes] | None = None
     for header in head.headers:
         name = header[0]
         action = SPECIAL.get(name)
@@ -139,12 +146,27 @@ def upstream_request(
         elif action == APPEND_XFF:
             if trusted:
                 xff = header[1] if not xff else xff + b", " + header[1]
+        elif action == TRACE_CONTEXT:
+            if name == TRACEPARENT:
+                parents += 1
+                parent = header[1]
+            else:
+                states = [header[1]] if states is None else [*states, header[1]]
         elif trusted:  # KEEP_IF_TRUSTED
             if name.endswith(b"proto"):
                 kept_proto = True
             else:
                 kept_host = True
             kept.append(header)
+    trace = ex.trace
+    if trace is None and parents:
+        # no `tracing:` (it gives every request a context first): a valid context is passed on
+        # as it came, an invalid one is dropped; its trace-id goes to the access log
+        trace = ex.trace = incoming(parent, parents, states)
+    if trace is not None:
+        kept.append((TRACEPARENT, trace.traceparent))
+        if trace.tracestate is not None:
+            kept.append((TRACESTATE, trace.tracestate))
     host = head.host or ""
     ip = ex.client_ip
     return OutgoingRequest(
