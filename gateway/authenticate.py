@@ -19,6 +19,7 @@ from gateway.authz import AppRegistry, AuthPolicy, authorize
 from gateway.errors import MissingTokenError
 from gateway.extract import Credentials, KnownBearer, extract_credentials, strip_form_token
 from gateway.http.exchange import Exchange
+from gateway.tracecontext import Recording
 
 _FORM: Final = b"application/x-www-form-urlencoded"
 _wall_clock: Final = time.time  # a C static when compiled, not a module attribute lookup
@@ -79,6 +80,11 @@ class Authenticator:
         info = self.validator.peek(digest, now)
         if info is None:
             return Pending(creds, digest)
+        trace = ex.trace
+        if trace is not None:
+            recording = trace.recording
+            if recording is not None:  # a sampled request: the lookup's span, a cache hit
+                recording.cache_hit(info)
         self._authorize(info, policy, creds, now)
         return info
 
@@ -90,7 +96,10 @@ class Authenticator:
             creds = await self.credentials(ex, policy)
             assert creds.token is not None
             digest = TokenDigest.of(creds.token)
-        return await self.identify(creds, digest, policy)
+        trace = ex.trace
+        return await self.identify(
+            creds, digest, policy, trace.recording if trace is not None else None
+        )
 
     async def authenticate(self, ex: Exchange, policy: AuthPolicy) -> TokenInfo:
         """begin(), then finish() when it must wait."""
@@ -119,14 +128,23 @@ class Authenticator:
         return self._extract(ex, policy, form_body, None)
 
     async def identify(
-        self, creds: Credentials, digest: TokenDigest, policy: AuthPolicy
+        self,
+        creds: Credentials,
+        digest: TokenDigest,
+        policy: AuthPolicy,
+        recording: Recording | None = None,
     ) -> TokenInfo:
-        """The token's identity from the cache or its sources, then authorized."""
+        """The token's identity from the cache or its sources, then authorized; a sampled
+        request's `recording` gets the lookup's span (and, through it, the calls it makes)."""
         token = creds.token
         assert token is not None
         validator = self.validator
-        now = _wall_clock()
-        info = validator.peek(digest, now) or await validator.validate(token, digest)
+        info = validator.peek(digest, _wall_clock())
+        if info is None:
+            lookup = validator.validate(token, digest)
+            info = await (lookup if recording is None else recording.lookup(lookup))
+        elif recording is not None:
+            recording.cache_hit(info)
         self._authorize(info, policy, creds, _wall_clock())
         return info
 

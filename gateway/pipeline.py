@@ -20,6 +20,7 @@ from gateway.http.tasks import spawn
 from gateway.normalize import normalize_path
 from gateway.routing import Route, RouteTable
 from gateway.sessions import SessionEndpoint
+from gateway.tracecontext import RequestTracer
 
 
 def is_preflight(ex: Exchange) -> bool:
@@ -60,6 +61,7 @@ class Pipeline:
         sessions: SessionEndpoint,
         session_path: str | None,
         observe: Callable[[Exchange], None],
+        tracer: RequestTracer | None = None,
     ) -> None:
         self.routes = routes
         self.authn = authn
@@ -67,10 +69,15 @@ class Pipeline:
         self.sessions = sessions
         self.session_path = session_path
         self.observe = observe
+        self.tracer = tracer  # `tracing:` configured: every request gets a trace context
 
     def handle(self, ex: Exchange) -> None:
         """The server's entry point: route, then authenticate and forward."""
         ex.on_end = self.observe
+        tracer = self.tracer
+        if tracer is not None:
+            head = ex.head
+            ex.trace = tracer.begin(head.headers, head.method, head.path, head.host, ex.conn.scheme)
         try:
             if ex.preset_error is not None:
                 raise ex.preset_error

@@ -23,6 +23,7 @@ from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
 from gateway.routing import RouteTable, session_policy
 from gateway.sessions import SessionEndpoint
+from gateway.tracecontext import Recorder, RequestTracer, scan
 
 log = structlog.get_logger("gateway")
 
@@ -37,6 +38,7 @@ class Runtime:
         validator: TokenValidator,
         metrics: Metrics,
         pools: dict[str, UpstreamPool] | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self.cfg = cfg
         self.validator = validator
@@ -54,9 +56,15 @@ class Runtime:
         self.forwarder = Forwarder(cfg.trusted_proxies, self.pools)
         self.authn = Authenticator(validator, self.apps)
         sessions = SessionEndpoint(self.authn, validator, session_policy(cfg.tokens))
+        #: the SDK side of `tracing:` (gateway/tracing.py), carried over by a reload that keeps it
+        self.recorder = recorder
+        tracer = None
+        if cfg.tracing is not None:
+            tracer = RequestTracer(recorder, recorder.bound if recorder is not None else 0)
         self.pipeline = Pipeline(
-            self.routes, self.authn, self.forwarder, sessions, self.session_path, self.observe
-        )
+            self.routes, self.authn, self.forwarder, sessions, self.session_path, self.observe,
+            tracer,
+        )  # fmt: skip
         self.decider = ForwardAuthHandler(self.routes, self.authn, self.observe_decision)
 
     def observe(self, ex: Exchange) -> None:
@@ -75,6 +83,13 @@ class Runtime:
         else:
             name = "session" if ex.head.path == self.session_path else "none"
         status = ex.status or 499
+        trace = ex.trace
+        if trace is None and error is not None:
+            trace = scan(ex.head.headers)  # refused before the forward stage read it
+        if trace is not None and trace.recording is not None:
+            template = _route_template(route.kind, route.matcher) if route is not None else None
+            trace.recording.end(status, error.reason if error is not None else None,
+                                route.name if route is not None else None, template)  # fmt: skip
         self.metrics.stats.observe(name, ex.head.method, status, seconds)
         if error is not None:
             self.metrics.denials.labels(name, error.reason).inc()
@@ -86,6 +101,7 @@ class Runtime:
                 route.upstream if route and forwarded and error is None else None,
                 int(seconds * 1_000_000), ex.bytes_sent,
                 error.reason if error is not None else None,
+                trace.trace_id if trace is not None else None,
             )  # fmt: skip
 
     def close_pools(self, keep: dict[str, UpstreamPool] | None = None) -> None:
@@ -93,6 +109,11 @@ class Runtime:
         for name, pool in self.pools.items():
             if keep is None or keep.get(name) is not pool:
                 pool.close()
+
+
+def _route_template(kind: str, matcher: str) -> str:
+    """A route's `http.route`: its path, its prefix followed by `/*`, or its regex."""
+    return matcher.rstrip("/") + "/*" if kind == "prefix" else matcher
 
 
 def _loggable_path(ex: Exchange) -> str:

@@ -23,6 +23,7 @@ from gateway.logs import setup_logging
 from gateway.metrics import Metrics
 from gateway.redis_conn import connect_redis
 from gateway.runtime import Runtime
+from gateway.tracecontext import Recorder
 
 log = structlog.get_logger("gateway")
 _WATCH_INTERVAL = 2.0
@@ -48,6 +49,7 @@ class Gateway:
         self._watch: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()  # SIGHUP and the file watcher may fire together
         self._retiring: dict[asyncio.Task[None], TokenValidator] = {}
+        self._retiring_recorder: asyncio.Task[None] | None = None  # replaced by a reload
         self._stopped = asyncio.Event()
 
     async def _build_validator(self, cfg: GatewayConfig) -> TokenValidator:
@@ -59,7 +61,7 @@ class Gateway:
     async def start(self, reuse_port: bool = False) -> None:
         cfg = self.cfg
         validator = await self._build_validator(cfg)
-        self.runtime = rt = Runtime(cfg, validator, self.metrics)
+        self.runtime = rt = Runtime(cfg, validator, self.metrics, recorder=self._recorder(cfg))
         self.ctx = ctx = ServerContext(handler=rt.pipeline.handle)
         self._apply_limits(cfg)
         self.metrics.track_in_flight(lambda: float(ctx.in_flight))
@@ -121,7 +123,8 @@ class Gateway:
         validator = old.validator if same_tokens else await self._build_validator(cfg)
         if not same_tokens:
             validator.adopt_cache(old.validator)
-        rt = Runtime(cfg, validator, self.metrics, pools=old.pools)
+        recorder = old.recorder if cfg.tracing == old.cfg.tracing else self._recorder(cfg)
+        rt = Runtime(cfg, validator, self.metrics, pools=old.pools, recorder=recorder)
         self.runtime = rt
         self.ctx.handler = rt.pipeline.handle
         if self.fa_ctx is not None:
@@ -131,10 +134,20 @@ class Gateway:
         old.close_pools(keep=rt.pools)
         if validator is not old.validator:
             self._retire(old.validator)
+        if old.recorder is not None and old.recorder is not recorder:
+            self._retiring_recorder = asyncio.create_task(old.recorder.close())
         self.cfg = cfg
         self.metrics.reloads.labels("applied").inc()
         log.info("config_reloaded", routes=len(rt.routes.routes))
         return True
+
+    def _recorder(self, cfg: GatewayConfig) -> Recorder | None:
+        """The span recorder of `tracing:` when it names a collector (the SDK is loaded then)."""
+        if cfg.tracing is None or cfg.tracing.otlp_endpoint is None:
+            return None
+        from gateway.tracing import SpanRecorder
+
+        return SpanRecorder(cfg.tracing, self.metrics.count_dropped_spans)
 
     def _retire(self, validator: TokenValidator) -> None:
         """Close a replaced validator once the lookups that requests await on it are done."""
@@ -195,6 +208,10 @@ class Gateway:
             self.runtime.access.flush()
             self.runtime.close_pools()
             await self.runtime.validator.close()
+            if self.runtime.recorder is not None:
+                await self.runtime.recorder.close()
+        if self._retiring_recorder is not None:
+            await self._retiring_recorder
         for task, validator in list(self._retiring.items()):
             task.cancel()
             await validator.close()
