@@ -7,6 +7,7 @@ pytest_plugins = [
     "tests.fixtures.idp",
     "tests.fixtures.servers",
     "tests.fixtures.process",
+    "tests.fixtures.otlp",
 ]
 
 # Property tests judge results, not speed: no per-example deadline (a loaded CI machine would
