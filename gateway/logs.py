@@ -100,9 +100,10 @@ def access_line(
     path_literal = f'"{path}"' if _plain(path) else orjson.dumps(path).decode()
     # str() in locals, not `{status!s}`: mypyc compiles a conversion as a format() call
     status_text, sent_text = str(status), str(sent)
-    trace = "" if trace_id is None else ',"trace_id":"' + trace_id + '"'
+    if trace_id is not None:  # inside the request_id piece: no extra piece when there is none
+        request_id = request_id + '","trace_id":"' + trace_id
     return (
-        f'{{"event":"access","request_id":"{request_id}"{trace},"client":{_literal(client)},'
+        f'{{"event":"access","request_id":"{request_id}","client":{_literal(client)},'
         f'"method":{_literal(method)},"path":{path_literal},"route":{_literal(route)},'
         f'"status":{status_text},"upstream":{up},"duration_ms":{ms},'
         f'"bytes":{sent_text}{tail}'

@@ -23,7 +23,7 @@ from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
 from gateway.routing import RouteTable, session_policy
 from gateway.sessions import SessionEndpoint
-from gateway.tracecontext import Recorder, RequestTracer, scan
+from gateway.tracecontext import Recorder, RequestTrace, RequestTracer, scan
 
 log = structlog.get_logger("gateway")
 
@@ -84,12 +84,9 @@ class Runtime:
             name = "session" if ex.head.path == self.session_path else "none"
         status = ex.status or 499
         trace = ex.trace
-        if trace is None and error is not None:
-            trace = scan(ex.head.headers)  # refused before the forward stage read it
-        if trace is not None and trace.recording is not None:
-            template = _route_template(route.kind, route.matcher) if route is not None else None
-            trace.recording.end(status, error.reason if error is not None else None,
-                                route.name if route is not None else None, template)  # fmt: skip
+        trace_id = None
+        if trace is not None or error is not None:
+            trace_id = _end_trace(ex, trace, status)
         self.metrics.stats.observe(name, ex.head.method, status, seconds)
         if error is not None:
             self.metrics.denials.labels(name, error.reason).inc()
@@ -100,8 +97,7 @@ class Runtime:
                 ex.head.request_id, ex.client_ip, ex.head.method, _loggable_path(ex), name, status,
                 route.upstream if route and forwarded and error is None else None,
                 int(seconds * 1_000_000), ex.bytes_sent,
-                error.reason if error is not None else None,
-                trace.trace_id if trace is not None else None,
+                error.reason if error is not None else None, trace_id,
             )  # fmt: skip
 
     def close_pools(self, keep: dict[str, UpstreamPool] | None = None) -> None:
@@ -109,6 +105,25 @@ class Runtime:
         for name, pool in self.pools.items():
             if keep is None or keep.get(name) is not pool:
                 pool.close()
+
+
+def _end_trace(ex: Exchange, trace: RequestTrace | None, status: int) -> str | None:
+    """End a recorded exchange's spans; the trace-id for its access line. A refused request
+    that never reached the forward stage is looked at here for the context it came with."""
+    if trace is None:
+        trace = scan(ex.head.headers)
+        if trace is None:
+            return None
+    recording = trace.recording
+    if recording is not None:
+        route, error = ex.route, ex.error
+        recording.end(
+            status,
+            error.reason if error is not None else None,
+            route.name if route is not None else None,
+            _route_template(route.kind, route.matcher) if route is not None else None,
+        )
+    return trace.trace_id
 
 
 def _route_template(kind: str, matcher: str) -> str:

@@ -194,10 +194,15 @@ class SpanRecorder:
             attributes["server.address"] = address
             if port:
                 attributes["server.port"] = port
-        span = self.tracer.start_span(
-            method if known else "HTTP", context, SpanKind.SERVER, attributes
-        )
-        self.ids.next_trace_id = 0
+        try:
+            span = self.tracer.start_span(
+                method if known else "HTTP", context, SpanKind.SERVER, attributes
+            )
+        except Exception:  # tracing must never fail a request
+            log.exception("span_start_failed")
+            return None
+        finally:
+            self.ids.next_trace_id = 0
         if not span.is_recording():
             return None
         return SpanRecording(self, span, method if known else "HTTP")

@@ -561,3 +561,92 @@ async def test_collector_in_trouble_never_holds_requests(
     t0 = time.monotonic()
     await gw.gateway.drain()
     assert time.monotonic() - t0 < 8  # the flush on the way out is bounded
+
+
+# ------------------------------------------------------------------ config, reload, start-up
+
+
+@pytest.mark.parametrize(
+    ("tracing", "problem"),
+    [
+        ({"otlp_endpoint": "otel-collector:4318"}, "http:// or https://"),
+        ({"sample_ratio": 1.5}, "less than or equal to 1"),
+        ({"sample_ratio": -0.1}, "greater than or equal to 0"),
+        ({"max_queue_size": 0}, "greater than 0"),
+        ({"service_name": ""}, "at least 1 character"),
+        ({"headers": {"x": "y"}}, "Extra inputs are not permitted"),
+    ],
+)
+def test_bad_tracing_config_is_refused(tracing, problem):
+    """The `tracing:` block is validated with the rest of the file."""
+    from gateway.config import parse_config
+    from gateway.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        parse_config(config("http://127.0.0.1:9", tracing))
+    assert any(problem in p and p.startswith("tracing.") for p in err.value.problems)
+
+
+async def test_reload_keeps_or_replaces_the_exporter(
+    echo_upstream, make_gateway, otlp_receiver, tmp_path
+):
+    """A reload with the same `tracing:` keeps the exporter (and its queue); a changed one
+    replaces it, the old one flushing in the background; removing it stops recording."""
+    import yaml
+
+    path = tmp_path / "gateway.yaml"
+    cfg = config(echo_upstream.url, traced(otlp_receiver))
+    path.write_text(yaml.safe_dump(cfg))
+    gw = await make_gateway(cfg, str(path))
+    first = gw.gateway.runtime.recorder
+    assert first is not None
+    cfg["realm"] = "other"
+    path.write_text(yaml.safe_dump(cfg))
+    assert await gw.gateway.reload()
+    assert gw.gateway.runtime.recorder is first
+    cfg["tracing"]["sample_ratio"] = 0.5
+    path.write_text(yaml.safe_dump(cfg))
+    assert await gw.gateway.reload()
+    second = gw.gateway.runtime.recorder
+    assert second is not None and second is not first
+    await fetch(gw.url + "/public/p", {"traceparent": traceparent("01")})
+    await otlp_receiver.wait_for(lambda s: len(s) >= 2)
+    del cfg["tracing"]
+    path.write_text(yaml.safe_dump(cfg))
+    assert await gw.gateway.reload()
+    assert gw.gateway.runtime.recorder is None
+    _, body = await fetch(gw.url + "/public/p", {"traceparent": traceparent("01")})
+    assert received(body, "traceparent") == [traceparent("01")]  # passed through again
+
+
+def test_without_tracing_the_sdk_is_not_loaded(tmp_path):
+    """A gateway without `tracing:` (or without a collector) never loads the OpenTelemetry
+    SDK's tracing or the exporter: nothing of it runs, not even at start-up. (redis-py imports
+    the OpenTelemetry API and metrics SDK by itself when they are installed.)"""
+    import subprocess
+    import sys
+
+    script = """
+import asyncio, sys
+from gateway.config import parse_config
+from gateway.serve import Gateway
+
+async def main(tracing):
+    cfg = {"listen": {"host": "127.0.0.1", "port": 0}, "admin": None,
+           "upstreams": {"a": {"url": "http://127.0.0.1:9"}},
+           "routes": [{"name": "r", "path_prefix": "/", "upstream": "a"}]}
+    if tracing:
+        cfg["tracing"] = {"sample_ratio": 1.0}
+    gw = Gateway(parse_config(cfg))
+    await gw.start()
+    await gw.close()
+
+asyncio.run(main(False))
+asyncio.run(main(True))
+print(sorted(m for m in sys.modules if m.startswith(("opentelemetry.sdk.trace",
+                                                     "opentelemetry.exporter", "gateway.tracing"))))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip().splitlines()[-1] == "[]"
