@@ -23,6 +23,7 @@ from gateway.serve import Gateway, install_uvloop
 
 APP_ID = "demo-app"
 APP_SECRET = "demo-app-secret"  # noqa: S105 - the demo's own made-up secret, printed on purpose
+TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
 def _free_port(preferred: int) -> int:
@@ -73,6 +74,7 @@ class Step:
     headers: dict[str, str]
     expect: int
     body: bytes | None = None
+    shows: str = ""  # the answer's body must contain it (what the upstream echoed)
 
     def curl(self, base: str) -> str:
         parts = ["curl", "-i"]
@@ -95,6 +97,14 @@ def demo_steps(code: str, implicit: str) -> list[Step]:
     proof = compute_proof(code, APP_SECRET)
     return [
         Step("public route, no token", "GET", "/status", {}, 200),
+        Step(
+            "W3C trace context passed upstream",
+            "GET",
+            "/status",
+            {"traceparent": TRACE},
+            200,
+            shows=TRACE,
+        ),
         Step("code token on a code-only route", "GET", "/v1/payments/42", bearer, 200),
         Step("no token", "GET", "/v1/payments/42", {}, 401),
         Step("unknown token", "GET", "/v1/items", {"Authorization": "Bearer nope"}, 401),
@@ -130,7 +140,11 @@ def _echo_app() -> web.Application:
                 "method": request.method,
                 "path": request.path,
                 "query": request.query_string,
-                "headers": {k: v for k, v in request.headers.items() if k.lower().startswith("x-")},
+                "headers": {
+                    k: v
+                    for k, v in request.headers.items()
+                    if k.lower().startswith("x-") or k.lower() in ("traceparent", "tracestate")
+                },
                 "body_bytes": len(body),
             }
         )
@@ -186,7 +200,7 @@ async def _check(base: str, steps: list[Step]) -> int:
                 step.method, base + step.path, headers=step.headers, data=step.body
             ) as resp:
                 raw = await resp.read()
-            ok = resp.status == step.expect
+            ok = resp.status == step.expect and step.shows.encode() in raw
             failures += not ok
             detail = ""
             if resp.content_type == "application/json":
