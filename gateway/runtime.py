@@ -85,7 +85,7 @@ class Runtime:
         status = ex.status or 499
         trace = ex.trace
         trace_id = None
-        if trace is not None or error is not None:
+        if trace is not None or error is not None or not forwarded:
             trace_id = _end_trace(ex, trace, status)
         self.metrics.stats.observe(name, ex.head.method, status, seconds)
         if error is not None:
@@ -109,7 +109,8 @@ class Runtime:
 
 def _end_trace(ex: Exchange, trace: RequestTrace | None, status: int) -> str | None:
     """End a recorded exchange's spans; the trace-id for its access line. A refused request
-    that never reached the forward stage is looked at here for the context it came with."""
+    that never reached the forward stage, and a forward-auth decision, are looked at here for
+    the context they came with."""
     if trace is None:
         trace = scan(ex.head.headers)
         if trace is None:
@@ -120,7 +121,6 @@ def _end_trace(ex: Exchange, trace: RequestTrace | None, status: int) -> str | N
         recording.end(
             status,
             error.reason if error is not None else None,
-            route.name if route is not None else None,
             _route_template(route.kind, route.matcher) if route is not None else None,
         )
     return trace.trace_id

@@ -12,7 +12,7 @@ finds the request's span in a context variable and is a no-op object otherwise.
 
 from __future__ import annotations
 
-import random
+import os
 import re
 from collections.abc import Awaitable
 from contextvars import ContextVar
@@ -38,8 +38,9 @@ _KEY: Final = re.compile(
 _VALUE: Final = re.compile(rb"[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]")
 _MAX_MEMBERS: Final = 32
 _OWS: Final = b" \t"
-_LOW64: Final = (1 << 64) - 1
-_random_bits: Final = random.getrandbits  # ids need to be unique, not secret (as the SDK's)
+_ZERO_TRACE_TEXT: Final = "0" * 32
+_ZERO_PARENT_TEXT: Final = "0" * 16
+_POOL_CHARS: Final = 48 * 256  # hex digits of random ids minted at once
 
 
 class Recording(Protocol):
@@ -54,7 +55,7 @@ class Recording(Protocol):
     def upstream(self, method: str, upstream: str, address: str | None, port: int) -> bytes:
         """Start the upstream exchange's span; the `traceparent` value naming it as parent."""
 
-    def end(self, status: int, reason: str | None, route: str | None, template: str | None) -> None:
+    def end(self, status: int, reason: str | None, template: str | None) -> None:
         """The exchange is over: end its spans (`template` is the route's `http.route`)."""
 
 
@@ -103,10 +104,6 @@ class RequestTrace:
         self.traceparent = traceparent
         self.tracestate = tracestate
         self.recording: Recording | None = None  # sampled: the request's spans
-
-    @property
-    def sampled(self) -> bool:
-        return bool(self.flags & 1)
 
 
 def parse_traceparent(raw: bytes) -> RequestTrace | None:
@@ -188,6 +185,10 @@ class RequestTracer:
         self.recorder = recorder  # None: contexts are propagated, nothing is recorded
         #: TraceIdRatioBased's bound: a new trace is sampled when its id's low 64 bits are below
         self.bound = bound if recorder is not None else 0
+        #: the bound as 16 hex digits; None when it is 2**64 (every new trace is sampled)
+        self.bound_hex: str | None = f"{self.bound:016x}" if self.bound < 1 << 64 else None
+        self._pool = ""  # random hex: 48 digits (trace-id, span-id) per new trace
+        self._next = _POOL_CHARS
 
     def begin(
         self,
@@ -209,19 +210,28 @@ class RequestTracer:
         return trace
 
     def new_trace(self) -> RequestTrace:
-        """A new trace-id and span-id; sampled by the trace-id."""
-        bits = _random_bits(192)
-        high = bits >> 64  # the trace-id; its low 64 bits decide, as TraceIdRatioBased does
-        while high == 0 or bits & _LOW64 == 0:  # all-zero ids are invalid
-            bits = _random_bits(192)
-            high = bits >> 64
-        sampled = (high & _LOW64) < self.bound
-        ids = bits.to_bytes(24, "big").hex()
-        trace_id, span_id = ids[:32], ids[32:]
-        flags = "01" if sampled else "00"
-        # what the upstream receives unless the request is recorded (then its client span's id)
-        value = f"00-{trace_id}-{span_id}-{flags}".encode()
-        return RequestTrace(trace_id, span_id, 1 if sampled else 0, False, value, None)
+        """A new trace-id and span-id; sampled by the trace-id. Ids come from a block of
+        random hex minted at once (one `os.urandom` per 256 traces): a slice each, no int."""
+        at = self._next
+        if at >= _POOL_CHARS:
+            self._pool = os.urandom(_POOL_CHARS // 2).hex()
+            at = 0
+        self._next = at + 48
+        pool = self._pool
+        trace_id = pool[at : at + 32]
+        span_id = pool[at + 32 : at + 48]
+        if trace_id == _ZERO_TRACE_TEXT or span_id == _ZERO_PARENT_TEXT:
+            return self.new_trace()  # all zeros is invalid (one chance in 2**64)
+        # TraceIdRatioBased: sampled when the id's low 64 bits are below the bound; as
+        # fixed-width hex, comparing the text is comparing the numbers
+        if self.bound and (self.bound_hex is None or trace_id[16:] < self.bound_hex):
+            return RequestTrace(trace_id, span_id, 1, False, _parent(trace_id, span_id, "01"), None)
+        return RequestTrace(trace_id, span_id, 0, False, _parent(trace_id, span_id, "00"), None)
+
+
+def _parent(trace_id: str, span_id: str, flags: str) -> bytes:
+    """What the upstream receives unless the request is recorded (then its client span)."""
+    return f"00-{trace_id}-{span_id}-{flags}".encode()
 
 
 # -- spans of calls made on a request's behalf ----------------------------------------------

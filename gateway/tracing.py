@@ -290,11 +290,10 @@ class SpanRecording:
         return info
 
     def _identified(self, info: TokenInfo, cache: str) -> None:
-        server = self._server
-        server.set_attribute("gateway.cache", cache)
-        server.set_attribute("gateway.grant", info.grant)
+        attributes = {"gateway.cache": cache, "gateway.grant": info.grant}
         if info.client_id is not None:
-            server.set_attribute("gateway.client_id", info.client_id)
+            attributes["gateway.client_id"] = info.client_id
+        self._server.set_attributes(attributes)
 
     def upstream(self, method: str, upstream: str, address: str | None, port: int) -> bytes:
         attributes: dict[str, str | int] = {
@@ -312,7 +311,7 @@ class SpanRecording:
         # version 00 defines the sampled flag only (the SDK also sets Level 2's random flag)
         return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags & 1:02x}".encode()
 
-    def end(self, status: int, reason: str | None, route: str | None, template: str | None) -> None:
+    def end(self, status: int, reason: str | None, template: str | None) -> None:
         client = self._client
         if client is not None:
             if reason is not None:  # the gateway answered: the upstream's answer did not come
@@ -323,14 +322,13 @@ class SpanRecording:
                     _fail(client, str(status))
             client.end()
         server = self._server
-        server.set_attribute("http.response.status_code", status)
-        if route is not None:
-            server.set_attribute("gateway.route", route)
-        if template is not None:
-            server.set_attribute("http.route", template)
+        attributes: dict[str, str | int] = {"http.response.status_code": status}
+        if template is not None:  # the route's name is not repeated: its template names it
+            attributes["http.route"] = template
             server.update_name(f"{self._method} {template}")
         if reason is not None:
-            server.set_attribute("gateway.reason", reason)
+            attributes["gateway.reason"] = reason
+        server.set_attributes(attributes)  # one call: each costs the SDK a lock and a check
         if status >= 500:
             _fail(server, reason or str(status))
         server.end()

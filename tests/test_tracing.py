@@ -290,7 +290,6 @@ async def test_spans_of_a_token_request(echo_upstream, make_gateway, otlp_receiv
         "gateway.grant": "authorization_code",
         "gateway.client_id": APP_ID,
         "http.response.status_code": 200,
-        "gateway.route": "api",
         "http.route": "/api/*",
     }
     assert lookup["attributes"] == {"gateway.cache": "miss", "gateway.token_source": "store"}
@@ -650,3 +649,36 @@ print(sorted(m for m in sys.modules if m.startswith(("opentelemetry.sdk.trace",
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+async def test_forward_auth_decision_logs_its_trace_id(echo_upstream, make_gateway, capfd):
+    """A forward-auth decision (allowed or not) names the trace the front proxy sent."""
+    cfg = config(echo_upstream.url, forward_auth={"host": "127.0.0.1", "port": 0})
+    gw = await make_gateway(cfg)
+    token = await issue(gw)
+    decide = f"http://127.0.0.1:{gw.gateway.ports['forward_auth']}/"
+    base = {"X-Original-URI": "/api/x", "X-Original-Method": "GET", "traceparent": traceparent()}
+    assert (await fetch(decide, {**base, "Authorization": f"Bearer {token}"}))[0] == 200
+    assert (await fetch(decide, base))[0] == 401
+    lines = access_lines(capfd, gw)
+    assert [line["trace_id"] for line in lines] == [TRACE, TRACE]
+
+
+def test_new_traces_are_sampled_by_their_trace_id():
+    """A new trace is sampled exactly when TraceIdRatioBased would sample its trace-id, and
+    every new trace has fresh, valid ids."""
+    from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
+
+    from gateway.tracecontext import RequestTracer
+
+    for ratio in (0.0, 0.01, 0.5, 1.0):
+        bound = TraceIdRatioBased.get_bound_for_rate(ratio)
+        tracer = RequestTracer(object(), bound)  # type: ignore[arg-type]
+        traces = [tracer.new_trace() for _ in range(2000)]
+        assert len({t.trace_id for t in traces}) == 2000
+        for t in traces:
+            assert parse_traceparent(t.traceparent) is not None
+            assert t.flags == (int(t.trace_id[16:], 16) < bound)
+            assert t.traceparent.endswith(b"-01" if t.flags else b"-00")
+        share = sum(t.flags for t in traces) / len(traces)
+        assert abs(share - ratio) < 0.05
