@@ -47,7 +47,7 @@ class Recording(Protocol):
     """The spans of one sampled request (made by gateway/tracing.py)."""
 
     def cache_hit(self, info: TokenInfo) -> None:
-        """The token was answered by the in-process cache."""
+        """The token was answered by the in-process cache (no span: an attribute)."""
 
     async def lookup(self, pending: Awaitable[TokenInfo]) -> TokenInfo:
         """Await the token's lookup (cache, Redis, sources) inside its own span."""
