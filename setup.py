@@ -41,6 +41,7 @@ NATIVE_MODULES = [
     "gateway/ratelimit/policy.py",
     "gateway/routing.py",
     "gateway/runtime.py",
+    "gateway/tracecontext.py",
     "gateway/upstream_headers.py",
 ]
 

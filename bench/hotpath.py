@@ -10,6 +10,10 @@ writes) and the event loop's. Prints microseconds per request (noisy on a shared
 `bench/instructions.py` runs this under callgrind for counts that do not move between runs.
 
     .venv/bin/python bench/hotpath.py [--requests 100000] [--path /bench|/public|/limited]
+        [--trace-context]
+
+`--trace-context` adds `tracing: {}` without a collector: every request gets a new trace
+context (trace-id, upstream traceparent, trace_id in the access line), nothing is recorded.
 """
 
 from __future__ import annotations
@@ -63,8 +67,8 @@ class MemoryTransport:
         return False
 
 
-def config() -> dict[str, Any]:
-    return {
+def config(trace_context: bool = False) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
         "listen": {"host": "127.0.0.1", "port": 0},
         "admin": None,
         "log": {"format": "json", "access": True},
@@ -90,10 +94,13 @@ def config() -> dict[str, Any]:
         # never reached: the cost of the bookkeeping (local buckets: no Redis here)
         "rate_limits": {"bench": {"key": ["client_id"], "rate": "1000000/s"}},
     }
+    if trace_context:
+        cfg["tracing"] = {}
+    return cfg
 
 
-async def run(requests: int, path: str) -> float:
-    gw = Gateway(parse_config(config(), env={}))
+async def run(requests: int, path: str, trace_context: bool = False) -> float:
+    gw = Gateway(parse_config(config(trace_context), env={}))
     await gw.start()
     try:
         rt = gw.runtime
@@ -136,8 +143,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--requests", type=int, default=100_000)
     p.add_argument("--path", default="/bench", choices=["/bench", "/public", "/limited"])
+    p.add_argument("--trace-context", action="store_true", help="`tracing: {}` (no collector)")
     args = p.parse_args()
-    us = uvloop.run(run(args.requests, args.path))
+    us = uvloop.run(run(args.requests, args.path, args.trace_context))
     print(
         f"{args.path}: {us:.1f} us per request without sockets ({build_kind()} build, "
         f"{args.requests} requests after {WARM_UP} to warm up)"

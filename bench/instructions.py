@@ -7,7 +7,10 @@ that start-up cancels out. `--pure` also counts a pure-Python copy of the same s
 compiled modules left out), for the compiled/pure ratio. Needs valgrind (Debian: valgrind);
 about a minute and a half per row on 2 cores.
 
-    .venv/bin/python bench/instructions.py [--pure] [--paths /bench /public]
+    .venv/bin/python bench/instructions.py [--pure] [--paths /bench /public] [--trace-context]
+
+`--trace-context` counts each path a second time with `tracing: {}` (no collector: every
+request gets a new trace context, nothing is recorded), for the cost of the context alone.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ ROOT = HERE.parent
 SMALL, LARGE = 2000, 6000
 
 
-def total_instructions(path: str, requests: int, env: dict[str, str], out: Path) -> int:
+def total_instructions(
+    path: str, requests: int, env: dict[str, str], out: Path, extra: tuple[str, ...] = ()
+) -> int:
     done = subprocess.run(
         [
             "valgrind",
@@ -39,6 +44,7 @@ def total_instructions(path: str, requests: int, env: dict[str, str], out: Path)
             str(requests),
             "--path",
             path,
+            *extra,
         ],
         env=env,
         capture_output=True,
@@ -54,14 +60,14 @@ def total_instructions(path: str, requests: int, env: dict[str, str], out: Path)
     return int(m.group(1))
 
 
-def per_request(path: str, env: dict[str, str], tmp: Path) -> float:
+def per_request(path: str, env: dict[str, str], tmp: Path, extra: tuple[str, ...] = ()) -> float:
     """(I(LARGE) - I(SMALL)) / (LARGE - SMALL): the runs share every start-up cost. A third
     run in the middle checks that: both halves must give the same slope (a run whose start-up
     or steady state differed would be seen), or the figure is refused."""
     sizes = (SMALL, (SMALL + LARGE) // 2, LARGE)
     with ThreadPoolExecutor(3) as pool:
         small, mid, large = pool.map(
-            lambda n: total_instructions(path, n, env, tmp / f"cg-{n}.out"), sizes
+            lambda n: total_instructions(path, n, env, tmp / f"cg-{n}.out", extra), sizes
         )
     low = (mid - small) / (sizes[1] - SMALL)
     high = (large - mid) / (LARGE - sizes[1])
@@ -96,6 +102,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pure", action="store_true", help="also count the pure-Python build")
     p.add_argument("--paths", nargs="+", default=["/bench", "/public"])
+    p.add_argument("--trace-context", action="store_true", help="also count with `tracing: {}`")
     args = p.parse_args()
     if shutil.which("valgrind") is None:
         sys.exit("valgrind not found (apt-get install -y valgrind)")
@@ -115,6 +122,13 @@ def main() -> None:
                     f"{results[(label, path)]:9,.0f} instructions per request",
                     flush=True,
                 )
+                if args.trace_context:
+                    traced = per_request(path, env, tmp, ("--trace-context",))
+                    print(
+                        f"{label:10s} ({kind:11s}) {path:8s} {traced:9,.0f} instructions per "
+                        f"request with a trace context ({traced / results[(label, path)]:.3f}x)",
+                        flush=True,
+                    )
         if args.pure:
             for path in args.paths:
                 ratio = results[("installed", path)] / results[("pure copy", path)]

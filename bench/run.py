@@ -8,7 +8,8 @@ end (try/finally, by process group id), every file in one temp dir that is remov
 - a tiny RFC 7662 IdP (bench/idp.py) that the gateway asks once per process for the bench token;
 - the gateway (`gateway serve`), a cached-token route (grants + scopes, so the whole pipeline
   runs) and a public route, JSON access log ON to a file; a second gateway with 100 routes
-  whose matched one is last;
+  whose matched one is last; a third with `tracing:` (`sample_ratio: 0.01`) exporting to a
+  minimal OTLP/HTTP collector (bench/otlp_sink.py);
 - the reference: a bare aiohttp reverse proxy (bench/bare_proxy.py);
 - the peer, when nginx is installed: nginx, 1 worker, `auth_request` with a cached subrequest,
   buffered access log (bench/nginx.py);
@@ -57,6 +58,7 @@ from procs import HOST, Proc, Stack, cores, cpu_seconds, free_port, pin, wait_po
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
+TRACED_RATIO = 0.01  # the traced gateway's `tracing.sample_ratio`
 POST_BYTES = 1024
 PEER = "nginx auth_request+proxy_cache"
 
@@ -73,12 +75,14 @@ def gateway_config(
     workers: Any = 1,
     tls: certs.ServerCert | None = None,
     redis_url: str | None = None,
+    tracing: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The gateway's config: `/bench` (token, grant and scope checked), `/limited` (the same
     with a rate limit keyed by client_id, never reached) and `/public`; with `extra_routes`,
     that many filler routes come first and `/bench` is the last route; with `tls`, the listener
     serves HTTPS with that certificate. `redis_url`: the token store and the rate limit's
-    buckets in that Redis."""
+    buckets in that Redis. `tracing`: that `tracing:` block (and an admin port of its own, to
+    read its metrics)."""
     fillers: list[dict[str, Any]] = []
     for i in range(extra_routes):
         kind = i % 5
@@ -139,6 +143,9 @@ def gateway_config(
         cfg["rate_limits"] = {"bench": {"key": ["client_id"], "rate": "1000000/s"}}
     if redis_url is not None:
         cfg["redis"] = {"url": redis_url, "key_prefix": "bench:"}
+    if tracing is not None:
+        cfg["tracing"] = tracing
+        cfg["admin"] = {"host": HOST, "port": free_port()}
     return cfg
 
 
@@ -191,6 +198,8 @@ class Bench:
         self.post_script = loadgen.post_script(tmp / "post.lua", POST_BYTES)
         self._out: list[IO[bytes]] = []
         self.access_logs: dict[str, Path] = {}
+        self.sink = 0  # the OTLP collector's port
+        self.traced_admin = 0  # the traced gateway's admin port
 
     def core(self, n: int) -> int | None:
         return n if self.two_cores else None
@@ -236,6 +245,14 @@ class Bench:
         port = free_port()
         argv = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"]
         proc = self.stack.start("redis", pin(self.core(0)) + argv)
+        wait_port(port, proc=proc)
+        return port
+
+    def start_sink(self) -> int:
+        """The OTLP/HTTP collector the traced gateway exports to (bench/otlp_sink.py)."""
+        port = free_port()
+        argv = [PY, str(HERE / "otlp_sink.py"), "--port", str(port)]
+        proc = self.stack.start("otlp", pin(self.core(0)) + argv)
         wait_port(port, proc=proc)
         return port
 
@@ -357,6 +374,16 @@ class Bench:
                 gateway_config(free_port(), up, idp, redis_url=f"redis://{HOST}:{redis_port}/0"),
                 self.core(1),
             )
+        sink = self.start_sink()
+        traced_cfg = gateway_config(
+            free_port(), up, idp, tracing={
+                "otlp_endpoint": f"http://{HOST}:{sink}", "service_name": "bench",
+                "sample_ratio": TRACED_RATIO,
+            },
+        )  # fmt: skip
+        traced, traced_port = self.start_gateway("gateway_traced", traced_cfg, self.core(1))
+        self.traced_admin = traced_cfg["admin"]["port"]
+        self.sink = sink
         bare, bare_port = self.start_bare(up)
         peer = peer_port = peer_tls_port = None
         if self.use_nginx:
@@ -368,6 +395,13 @@ class Bench:
         gw_logs = [self.access_logs["gateway"]]
         rows = [
             Workload("gw", "gateway, token route", gw, url(gw_port, "/bench"), log_files=gw_logs),
+            Workload(
+                "gw_traced",
+                f"gateway, token route, tracing {TRACED_RATIO:.0%}",
+                traced,
+                url(traced_port, "/bench"),
+                log_files=[self.access_logs["gateway_traced"]],
+            ),
             Workload(
                 "bare",
                 "bare aiohttp proxy (no auth)",
@@ -751,12 +785,33 @@ class Bench:
                     "rate-limited / same route, Redis", ref["gwr_limited"], ref["gwr"], 0.15
                 )
             )
+        print(
+            "  "
+            + self.compare(f"tracing {TRACED_RATIO:.0%} / no tracing", ref["gw_traced"], gw, 0.05)
+        )
+        print("  " + self.tracing_counts(ref["gw_traced"]))
         status, body = self.get(f"http://{HOST}:{idp}/count", None)
         idp_calls = json.loads(body).get("introspect") if status == 200 else "?"
         auth_log = self.tmp / "nginx-peer" / "auth.log"
         nginx_auth = len(auth_log.read_bytes().splitlines()) if auth_log.exists() else None
         extra = f"; nginx auth endpoint hits: {nginx_auth}" if nginx_auth is not None else ""
         print(f"  IdP introspections (token cache misses, all gateways): {idp_calls}{extra}")
+
+    def tracing_counts(self, w: Workload) -> str:
+        """What the traced gateway's collector received, against the requests it served."""
+        _, body = self.get(f"http://{HOST}:{self.sink}/count", None)
+        got = json.loads(body)
+        _, metrics = self.get(f"http://{HOST}:{self.traced_admin}/metrics", None)
+        dropped = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.decode().splitlines()
+            if line.startswith("gateway_spans_dropped_total{")
+        )
+        served = sum(s.rps for s in w.samples) * self.args.duration
+        return (
+            f"traced gateway: {got['spans']} spans in {got['exports']} exports for about "
+            f"{served:,.0f} measured requests (and the warm-up); {dropped:.0f} spans dropped"
+        )
 
     def compare(self, what: str, a: Workload, b: Workload, target: float) -> str:
         """`a` against `b` in req/s and in CPU per request (the steadier figure on a shared

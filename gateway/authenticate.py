@@ -34,6 +34,7 @@ from gateway.errors import (
 )
 from gateway.extract import Credentials, KnownBearer, extract_credentials, strip_form_token
 from gateway.http.exchange import Exchange
+from gateway.tracecontext import Recording
 from gateway.upstream_headers import TrustedProxies
 
 _FORM: Final = b"application/x-www-form-urlencoded"
@@ -162,6 +163,11 @@ class Authenticator:
         info = self.validator.peek(digest, now)
         if info is None or (creds.dpop and self.sender.shared_replay):
             return Pending(creds, digest)  # a lookup, or a DPoP jti to record in Redis
+        trace = ex.trace
+        if trace is not None:
+            recording = trace.recording
+            if recording is not None:  # a sampled request: the lookup's span, a cache hit
+                recording.cache_hit(info)
         self._authorize(ex, info, policy, creds, now)
         return info
 
@@ -173,7 +179,10 @@ class Authenticator:
             creds = await self.credentials(ex, policy)
             assert creds.token is not None
             digest = TokenDigest.of(creds.token)
-        return await self.identify(ex, creds, digest, policy)
+        trace = ex.trace
+        return await self.identify(
+            ex, creds, digest, policy, trace.recording if trace is not None else None
+        )
 
     async def authenticate(self, ex: Exchange, policy: AuthPolicy) -> TokenInfo:
         """begin(), then finish() when it must wait."""
@@ -202,15 +211,25 @@ class Authenticator:
         return self._extract(ex, policy, form_body, None)
 
     async def identify(
-        self, ex: Exchange, creds: Credentials, digest: TokenDigest, policy: AuthPolicy
+        self,
+        ex: Exchange,
+        creds: Credentials,
+        digest: TokenDigest,
+        policy: AuthPolicy,
+        recording: Recording | None = None,
     ) -> TokenInfo:
         """The token's identity from the cache or its sources, then authorized (and a DPoP
-        proof's jti recorded for every replica)."""
+        proof's jti recorded for every replica); a sampled request's `recording` gets the
+        lookup's span (and, through it, the calls it makes)."""
         token = creds.token
         assert token is not None
         validator = self.validator
-        now = _wall_clock()
-        info = validator.peek(digest, now) or await validator.validate(token, digest)
+        info = validator.peek(digest, _wall_clock())
+        if info is None:
+            lookup = validator.validate(token, digest)
+            info = await (lookup if recording is None else recording.lookup(lookup))
+        elif recording is not None:
+            recording.cache_hit(info)
         proof = self._authorize(ex, info, policy, creds, _wall_clock())
         if proof is not None:
             await self.sender.dpop.first_shared(proof)

@@ -40,6 +40,7 @@ from gateway.serve import Gateway, install_uvloop
 
 APP_ID = "demo-app"
 APP_SECRET = "demo-app-secret"  # noqa: S105 - the demo's own made-up secret, printed on purpose
+TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
 def _free_port(preferred: int) -> int:
@@ -270,6 +271,7 @@ class Step:
     expect: int
     body: bytes | None = None
     client_cert: bool = False  # --tls: present the demo client certificate
+    shows: str = ""  # the answer's body must contain it (what the upstream echoed)
 
     def curl(self, base: str, pki: DemoPki | None = None) -> str:
         parts = ["curl", "-i"]
@@ -300,6 +302,14 @@ def demo_steps(
     proof = compute_proof(code, APP_SECRET)
     steps = [
         Step("public route, no token", "GET", "/status", {}, 200),
+        Step(
+            "W3C trace context passed upstream",
+            "GET",
+            "/status",
+            {"traceparent": TRACE},
+            200,
+            shows=TRACE,
+        ),
         Step("code token on a code-only route", "GET", "/v1/payments/42", bearer, 200),
         Step("no token", "GET", "/v1/payments/42", {}, 401),
         Step("unknown token", "GET", "/v1/items", {"Authorization": "Bearer nope"}, 401),
@@ -371,7 +381,11 @@ def _echo_app() -> web.Application:
                 "method": request.method,
                 "path": request.path,
                 "query": request.query_string,
-                "headers": {k: v for k, v in request.headers.items() if k.lower().startswith("x-")},
+                "headers": {
+                    k: v
+                    for k, v in request.headers.items()
+                    if k.lower().startswith("x-") or k.lower() in ("traceparent", "tracestate")
+                },
                 "body_bytes": len(body),
             }
         )
@@ -462,7 +476,7 @@ async def _check(base: str, steps: list[Step], pki: DemoPki | None = None) -> in
                 step.method, base + step.path, headers=step.headers, data=step.body
             ) as resp:
                 raw = await resp.read()
-            ok = resp.status == step.expect
+            ok = resp.status == step.expect and step.shows.encode() in raw
             detail = ""
             if resp.content_type == "application/json":
                 with contextlib.suppress(ValueError):

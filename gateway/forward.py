@@ -17,6 +17,7 @@ from gateway.http.pool import UpstreamPool
 from gateway.http.tasks import spawn
 from gateway.http.upstream import UpstreamConnection, UpstreamResetError
 from gateway.routing import Route
+from gateway.tracecontext import Recording
 from gateway.upstream_headers import TrustedProxies, upstream_request
 
 _IDEMPOTENT: Final = frozenset(
@@ -35,6 +36,11 @@ class Forwarder:
         """Relay the exchange: at once on an idle pooled connection, else after connecting."""
         pool = self.pools[route.upstream]
         ex.send_continue()
+        trace = ex.trace
+        if trace is not None:
+            recording = trace.recording
+            if recording is not None:  # the upstream exchange's span is the upstream's parent
+                trace.traceparent = _upstream_span(recording, ex, pool)
         trusted = ex.client_ip in self.trusted
         request = upstream_request(ex, route, info, trusted, ex.conn.scheme)
         conn = None if ex.head.upgrade else pool.take_idle()
@@ -79,3 +85,15 @@ class Forwarder:
         ex.on_gone = conn.abort
         ex.attach_sink(conn)
         conn.flush()
+
+
+def _upstream_span(recording: Recording, ex: Exchange, pool: UpstreamPool) -> bytes:
+    """Start the upstream exchange's client span; the `traceparent` the upstream receives."""
+    targets = pool.targets
+    target = targets[0] if len(targets) == 1 else None  # with several, not known yet
+    return recording.upstream(
+        ex.head.method,
+        pool.name,
+        target.host if target is not None else None,
+        target.port if target is not None else 0,
+    )

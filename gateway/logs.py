@@ -85,19 +85,23 @@ def access_line(
     duration_us: int,
     sent: int,
     reason: str | None,
+    trace_id: str | None = None,
 ) -> bytes:
     """One JSON access line, rendered without building a dict: the same object orjson would
     write for those fields, in the same order (a property test holds it to that). Only str
     pieces go into the f-string: compiled, it is then one allocation.
 
     `request_id` must already be JSON-safe (wire.request_id keeps or mints only
-    `A-Za-z0-9._:-`); `duration_ms` is written from whole microseconds, 3 decimals."""
+    `A-Za-z0-9._:-`), and so must `trace_id` (32 hex digits, gateway/tracecontext.py);
+    `duration_ms` is written from whole microseconds, 3 decimals."""
     up = "null" if upstream is None else _literal(upstream)
     tail = "}" if reason is None else ',"reason":' + _literal(reason) + "}"
     ms = str(duration_us // 1000) + "." + str(duration_us % 1000 + 1000)[1:]
     path_literal = f'"{path}"' if _plain(path) else orjson.dumps(path).decode()
     # str() in locals, not `{status!s}`: mypyc compiles a conversion as a format() call
     status_text, sent_text = str(status), str(sent)
+    if trace_id is not None:  # inside the request_id piece: no extra piece when there is none
+        request_id = request_id + '","trace_id":"' + trace_id
     return (
         f'{{"event":"access","request_id":"{request_id}","client":{_literal(client)},'
         f'"method":{_literal(method)},"path":{path_literal},"route":{_literal(route)},'
@@ -130,6 +134,7 @@ class AccessLog:
         duration_us: int,
         sent: int,
         reason: str | None,
+        trace_id: str | None = None,
     ) -> None:
         """The access line of one request: JSON (access_line) or a structlog console event."""
         if not self.enabled:
@@ -138,7 +143,7 @@ class AccessLog:
             self.write_line(
                 access_line(
                     request_id, client, method, path, route, status, upstream, duration_us,
-                    sent, reason,
+                    sent, reason, trace_id,
                 )
             )  # fmt: skip
             return
@@ -155,6 +160,8 @@ class AccessLog:
         }
         if reason is not None:
             fields["reason"] = reason
+        if trace_id is not None:
+            fields["trace_id"] = trace_id
         self._log.info("access", **fields)
 
     def write_line(self, line: bytes) -> None:

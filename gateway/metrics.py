@@ -112,7 +112,8 @@ class RateLimitStats(Collector):
 
 
 class Metrics:
-    """Requests by route and status, latency, upstream errors, denials, in-flight."""
+    """Requests by route and status, latency, upstream errors, denials, in-flight, dropped
+    spans."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -143,7 +144,20 @@ class Metrics:
             ["tls", "outcome"],
             registry=r,
         )
+        self.spans_dropped = Counter(
+            "gateway_spans_dropped_total",
+            "Spans that will never reach the collector: queue full, or an export that failed.",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("queue_full", "export_failed"):
+            self.spans_dropped.labels(reason)  # both series exist from the start, at 0
         self.observe = self.stats.observe
+
+    def count_dropped_spans(self, reason: str, count: int) -> None:
+        """Called from the span exporter's thread too (prometheus_client counters are
+        thread-safe)."""
+        self.spans_dropped.labels(reason).inc(count)
 
     def track_in_flight(self, read: Callable[[], float]) -> None:
         self.in_flight.set_function(read)

@@ -24,6 +24,7 @@ from gateway.ratelimit.policy import RoutePolicies
 from gateway.resource_metadata import ResourceMetadata
 from gateway.routing import Route, RouteTable
 from gateway.sessions import SessionEndpoint
+from gateway.tracecontext import RequestTracer
 
 
 def is_preflight(ex: Exchange) -> bool:
@@ -66,6 +67,7 @@ class Pipeline:
         observe: Callable[[Exchange], None],
         limiter: RateLimiter,
         metadata: ResourceMetadata | None = None,
+        tracer: RequestTracer | None = None,
     ) -> None:
         self.routes = routes
         self.limiter = limiter
@@ -75,10 +77,15 @@ class Pipeline:
         self.session_path = session_path
         self.observe = observe
         self.metadata = metadata  # RFC 9728 documents; None: no resource configured
+        self.tracer = tracer  # `tracing:` configured: every request gets a trace context
 
     def handle(self, ex: Exchange) -> None:
         """The server's entry point: route, then authenticate and forward."""
         ex.on_end = self.observe
+        tracer = self.tracer
+        if tracer is not None:
+            head = ex.head
+            ex.trace = tracer.begin(head.headers, head.method, head.path, head.host, ex.conn.scheme)
         try:
             if ex.preset_error is not None:
                 raise ex.preset_error

@@ -32,6 +32,7 @@ from redis.backoff import NoBackoff
 
 from gateway.config.models import ClientTlsConfig, RedisConfig
 from gateway.tls import ReloadingTls, client_context, client_files
+from gateway.tracecontext import ClientSpan
 
 T = TypeVar("T")
 log = structlog.get_logger()
@@ -54,6 +55,10 @@ _OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     asyncio.TimeoutError,
 )
+
+
+#: what a span of a Redis call says (never a key or a value)
+_SPAN_ATTRIBUTES: dict[str, str | int] = {"db.system.name": "redis"}
 
 
 class RedisUnavailableError(Exception):
@@ -105,7 +110,12 @@ class RedisConnection:
         """Run `op(client)`; raise RedisUnavailableError on failure or during a backoff.
 
         `force` tries even during a backoff period (for rare writes that must not be skipped).
+        Made for a sampled request's token lookup, the call is a span of its trace.
         """
+        with ClientSpan("redis", _SPAN_ATTRIBUTES):
+            return await self._run(op, force)
+
+    async def _run(self, op: Callable[[Redis], Awaitable[T]], force: bool) -> T:
         if self._failures and not force:
             now = time.monotonic()
             if now < self._retry_at:

@@ -26,6 +26,7 @@ from gateway.ratelimit.limiter import RateLimiter
 from gateway.resource_metadata import ResourceMetadata
 from gateway.routing import RouteTable, session_policy
 from gateway.sessions import SessionEndpoint
+from gateway.tracecontext import Recorder, RequestTrace, RequestTracer, scan
 
 log = structlog.get_logger("gateway")
 
@@ -41,6 +42,7 @@ class Runtime:
         metrics: Metrics,
         pools: dict[str, UpstreamPool] | None = None,
         limiter: RateLimiter | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self.cfg = cfg
         self.validator = validator
@@ -64,9 +66,14 @@ class Runtime:
         self.limiter = limiter or RateLimiter(metrics.rate_limits)
         self.limiter.configure(validator.redis, cfg.trusted_proxies)
         sessions = SessionEndpoint(self.authn, validator, session_policy(cfg.tokens))
+        #: the SDK side of `tracing:` (gateway/tracing.py), carried over by a reload that keeps it
+        self.recorder = recorder
+        tracer = None
+        if cfg.tracing is not None:
+            tracer = RequestTracer(recorder, recorder.bound if recorder is not None else 0)
         self.pipeline = Pipeline(
             self.routes, self.authn, self.forwarder, sessions, self.session_path, self.observe,
-            self.limiter, ResourceMetadata.from_config(cfg),
+            self.limiter, ResourceMetadata.from_config(cfg), tracer,
         )  # fmt: skip
         decisions = Authenticator(validator, self.apps, sender.for_forward_auth())
         self.decider = ForwardAuthHandler(
@@ -89,6 +96,10 @@ class Runtime:
         else:
             name = "session" if ex.head.path == self.session_path else "none"
         status = ex.status or 499
+        trace = ex.trace
+        trace_id = None
+        if trace is not None or error is not None or not forwarded:
+            trace_id = _end_trace(ex, trace, status)
         self.metrics.stats.observe(name, ex.head.method, status, seconds)
         if error is not None:
             self.metrics.denials.labels(name, error.reason).inc()
@@ -99,7 +110,7 @@ class Runtime:
                 ex.head.request_id, ex.client_ip, ex.head.method, _loggable_path(ex), name, status,
                 route.upstream if route and forwarded and error is None else None,
                 int(seconds * 1_000_000), ex.bytes_sent,
-                error.reason if error is not None else None,
+                error.reason if error is not None else None, trace_id,
             )  # fmt: skip
 
     def close_pools(self, keep: dict[str, UpstreamPool] | None = None) -> None:
@@ -107,6 +118,30 @@ class Runtime:
         for name, pool in self.pools.items():
             if keep is None or keep.get(name) is not pool:
                 pool.close()
+
+
+def _end_trace(ex: Exchange, trace: RequestTrace | None, status: int) -> str | None:
+    """End a recorded exchange's spans; the trace-id for its access line. A refused request
+    that never reached the forward stage, and a forward-auth decision, are looked at here for
+    the context they came with."""
+    if trace is None:
+        trace = scan(ex.head.headers)
+        if trace is None:
+            return None
+    recording = trace.recording
+    if recording is not None:
+        route, error = ex.route, ex.error
+        recording.end(
+            status,
+            error.reason if error is not None else None,
+            _route_template(route.kind, route.matcher) if route is not None else None,
+        )
+    return trace.trace_id
+
+
+def _route_template(kind: str, matcher: str) -> str:
+    """A route's `http.route`: its path, its prefix followed by `/*`, or its regex."""
+    return matcher.rstrip("/") + "/*" if kind == "prefix" else matcher
 
 
 def _loggable_path(ex: Exchange) -> str:

@@ -26,6 +26,7 @@ from gateway.metrics import Metrics
 from gateway.redis_conn import connect_redis
 from gateway.runtime import Runtime
 from gateway.tls import ReloadingTls, listener_tls
+from gateway.tracecontext import Recorder
 
 log = structlog.get_logger("gateway")
 _WATCH_INTERVAL = 2.0
@@ -63,6 +64,7 @@ class Gateway:
         self._watch: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()  # SIGHUP and the file watcher may fire together
         self._retiring: dict[asyncio.Task[None], TokenValidator] = {}
+        self._retiring_recorder: asyncio.Task[None] | None = None  # replaced by a reload
         self._stopped = asyncio.Event()
 
     async def _build_validator(self, cfg: GatewayConfig) -> TokenValidator:
@@ -85,7 +87,7 @@ class Gateway:
         admin_tls = self._listener_tls("admin", cfg.admin.tls if cfg.admin is not None else None)
         validator = await self._build_validator(cfg)
         try:
-            self.runtime = rt = Runtime(cfg, validator, self.metrics)
+            self.runtime = rt = Runtime(cfg, validator, self.metrics, recorder=self._recorder(cfg))
         except ConfigError:  # an upstream's TLS files do not load
             await validator.close()
             raise
@@ -189,12 +191,20 @@ class Gateway:
             if getattr(cfg, key) != getattr(old.cfg, key):
                 log.warning("config_key_needs_restart", key=key)
         same_tokens = cfg.tokens == old.cfg.tokens and cfg.redis == old.cfg.redis
+        recorder = old.recorder if cfg.tracing == old.cfg.tracing else self._recorder(cfg)
         try:  # the TLS files a new config names are read here: they may not load
             validator = old.validator if same_tokens else await self._build_validator(cfg)
         except ConfigError as exc:
             return self._refuse(exc)
         try:
-            rt = Runtime(cfg, validator, self.metrics, pools=old.pools, limiter=old.limiter)
+            rt = Runtime(
+                cfg,
+                validator,
+                self.metrics,
+                pools=old.pools,
+                limiter=old.limiter,
+                recorder=recorder,
+            )
         except ConfigError as exc:
             if validator is not old.validator:
                 await validator.close()
@@ -210,6 +220,8 @@ class Gateway:
         old.close_pools(keep=rt.pools)
         if validator is not old.validator:
             self._retire(old.validator)
+        if old.recorder is not None and old.recorder is not recorder:
+            self._retiring_recorder = asyncio.create_task(old.recorder.close())
         self.cfg = cfg
         self.metrics.reloads.labels("applied").inc()
         log.info("config_reloaded", routes=len(rt.routes.routes))
@@ -231,6 +243,14 @@ class Gateway:
         for name, pool in rt.pools.items():
             pool.refresh_tls(warn=before is not None and before.pools.get(name) is pool)
         rt.validator.refresh_tls(warn=before is not None and before.validator is rt.validator)
+
+    def _recorder(self, cfg: GatewayConfig) -> Recorder | None:
+        """The span recorder of `tracing:` when it names a collector (the SDK is loaded then)."""
+        if cfg.tracing is None or cfg.tracing.otlp_endpoint is None:
+            return None
+        from gateway.tracing import SpanRecorder
+
+        return SpanRecorder(cfg.tracing, self.metrics.count_dropped_spans)
 
     def _retire(self, validator: TokenValidator) -> None:
         """Close a replaced validator once the lookups that requests await on it are done."""
@@ -296,6 +316,10 @@ class Gateway:
             self.runtime.access.flush()
             self.runtime.close_pools()
             await self.runtime.validator.close()
+            if self.runtime.recorder is not None:
+                await self.runtime.recorder.close()
+        if self._retiring_recorder is not None:
+            await self._retiring_recorder
         for task, validator in list(self._retiring.items()):
             task.cancel()
             await validator.close()

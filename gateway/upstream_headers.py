@@ -18,6 +18,7 @@ from gateway.http import wire
 from gateway.http.exchange import ClientConnection, Exchange
 from gateway.http.outgoing import OutgoingRequest
 from gateway.routing import Route
+from gateway.tracecontext import TRACEPARENT, TRACESTATE, incoming
 
 _UNSAFE_VALUE: Final = re.compile(rb"[^\x20-\x7e]")
 
@@ -126,6 +127,7 @@ KEEP_IF_TRUSTED: Final = 4  # X-Forwarded-Proto / -Host: kept from trusted peers
 #: after a comma), else removed; its `_` spellings are removed from everyone
 CLIENT_CERT: Final = 5
 _CLIENT_CERT_NAME: Final = b"x-forwarded-client-cert"
+TRACE_CONTEXT: Final = 6  # traceparent / tracestate: the request's trace context replaces them
 
 _OURS: Final = frozenset({b"x-request-id", b"content-length", b"expect", b"host"})
 ACTIONS: Final[dict[bytes, int]] = {
@@ -137,6 +139,8 @@ ACTIONS: Final[dict[bytes, int]] = {
     b"x-forwarded-proto": KEEP_IF_TRUSTED,
     b"x-forwarded-host": KEEP_IF_TRUSTED,
     _CLIENT_CERT_NAME: CLIENT_CERT,
+    TRACEPARENT: TRACE_CONTEXT,
+    TRACESTATE: TRACE_CONTEXT,
 }
 
 
@@ -175,6 +179,9 @@ def upstream_request(
     xff = xfcc = b""
     kept_proto = kept_host = False
     kept: list[tuple[bytes, bytes]] = []
+    parents = 0  # traceparent fields received (two or more are invalid)
+    parent = b""
+    states: list[bytes] | None = None
     for header in head.headers:
         name = header[0]
         action = SPECIAL.get(name)
@@ -195,12 +202,27 @@ def upstream_request(
         elif action == CLIENT_CERT:
             if trusted and header[1] and name not in conn_tokens:
                 xfcc = header[1] if not xfcc else xfcc + b"," + header[1]
+        elif action == TRACE_CONTEXT:
+            if name == TRACEPARENT:
+                parents += 1
+                parent = header[1]
+            else:
+                states = [header[1]] if states is None else [*states, header[1]]
         elif trusted:  # KEEP_IF_TRUSTED
             if name.endswith(b"proto"):
                 kept_proto = True
             else:
                 kept_host = True
             kept.append(header)
+    trace = ex.trace
+    if trace is None and parents:
+        # no `tracing:` (it gives every request a context first): a valid context is passed on
+        # as it came, an invalid one is dropped; its trace-id goes to the access log
+        trace = ex.trace = incoming(parent, parents, states)
+    if trace is not None:
+        kept.append((TRACEPARENT, trace.traceparent))
+        if trace.tracestate is not None:
+            kept.append((TRACESTATE, trace.tracestate))
     host = head.host or ""
     ip = ex.client_ip
     added = identity_block(info) if info is not None else b""

@@ -9,6 +9,7 @@ pytest_plugins = [
     "tests.fixtures.process",
     "tests.fixtures.pki",
     "tests.fixtures.tls_servers",
+    "tests.fixtures.otlp",
 ]
 
 # Property tests judge results, not speed: no per-example deadline (a loaded CI machine would

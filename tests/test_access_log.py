@@ -34,16 +34,19 @@ _TEXT = st.one_of(
     duration_us=st.integers(min_value=0, max_value=10**12),
     sent=st.integers(min_value=0, max_value=2**53),
     reason=st.one_of(st.none(), _TEXT),
+    trace_id=st.one_of(st.none(), st.from_regex(r"[0-9a-f]{32}", fullmatch=True)),
 )
 def test_access_line_is_the_json_object_of_its_fields(
-    request_id, client, method, path, route, status, upstream, duration_us, sent, reason
+    request_id, client, method, path, route, status, upstream, duration_us, sent, reason, trace_id
 ):
     line = access_line(
-        request_id, client, method, path, route, status, upstream, duration_us, sent, reason
-    )
+        request_id, client, method, path, route, status, upstream, duration_us, sent, reason,
+        trace_id,
+    )  # fmt: skip
     expected = {
         "event": "access",
         "request_id": request_id,
+        **({"trace_id": trace_id} if trace_id is not None else {}),
         "client": client,
         "method": method,
         "path": path,

@@ -277,6 +277,9 @@ def test_values_schema_rejects_bad_values(chart: helm.Chart) -> None:
         {"ports": {"http": 70000, "admin": 9901}},
         {"replicaCount": "two"},
         {"unknownTopLevelKey": True},
+        {"tracing": {"sampleRatio": 2}},
+        {"tracing": {"otlpEndpoint": "otel-collector:4318"}},  # not a URL
+        {"config": {"tracing": {"sample_ratio": 1}}},  # the chart writes it from `tracing`
     ]
     for bad in bad_values:
         with pytest.raises(helm.HelmValuesError):
@@ -411,6 +414,27 @@ def test_missing_secret_key_fails_the_render(chart: helm.Chart) -> None:
     values["secrets"] = {"data": {"web-app-secret": "x"}}
     with pytest.raises(helm.HelmRenderError, match="introspection-client-secret"):
         render(chart, values)
+
+
+def test_tracing_values_become_the_tracing_block(chart: helm.Chart) -> None:
+    """`tracing.*` values are written as the config's `tracing:` block (the service name
+    defaults to the release's), the collector's headers come from the Secret as the SDK's
+    OTEL_EXPORTER_OTLP_TRACES_HEADERS; without `tracing.enabled` there is no block."""
+    docs = render(chart, STANDALONE_FULL)
+    assert gateway_config(docs)["tracing"] == {
+        "otlp_endpoint": "http://otel-collector.observability:4318",
+        "service_name": FULLNAME,
+        "sample_ratio": 0.01,
+        "max_queue_size": 2048,
+        "export_timeout": "10s",
+    }
+    env = {e["name"]: e for e in containers(docs)["gateway"]["env"]}
+    ref = env["OTEL_EXPORTER_OTLP_TRACES_HEADERS"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": FULLNAME, "key": "otlp-headers"}
+    assert "tracing" not in gateway_config(render(chart, SIDECAR))
+    propagate_only = {**SIDECAR, "tracing": {"enabled": True, "serviceName": "edge"}}
+    assert gateway_config(render(chart, propagate_only))["tracing"]["service_name"] == "edge"
+    assert "otlp_endpoint" not in gateway_config(render(chart, propagate_only))["tracing"]
 
 
 def test_optional_parts_are_off_by_default(chart: helm.Chart) -> None:

@@ -23,6 +23,7 @@ from gateway.authn.idp_tls import IdpTls
 from gateway.authn.info import TokenInfo
 from gateway.config.models import IntrospectionSource
 from gateway.errors import InvalidTokenError, ValidatorUnavailableError
+from gateway.tracecontext import ClientSpan, http_call_attributes
 
 log = structlog.get_logger()
 
@@ -111,6 +112,13 @@ class IntrospectionTokenSource:
         return form, headers
 
     async def _post(self, url: str, token: str, *, want_json: bool = True) -> tuple[int, Any]:
+        """One POST of the token; a span of a sampled request's trace (never the token)."""
+        with ClientSpan("POST", http_call_attributes("POST", url)) as span:
+            status, body = await self._send(url, token, want_json)
+            span.set("http.response.status_code", status)
+            return status, body
+
+    async def _send(self, url: str, token: str, want_json: bool) -> tuple[int, Any]:
         form, headers = self._request(token)
         try:
             async with self._session().post(

@@ -23,6 +23,7 @@ from gateway.authn.info import TokenInfo
 from gateway.authn.introspection import SessionGetter
 from gateway.config.models import JwtSource
 from gateway.errors import InvalidTokenError, ValidatorUnavailableError
+from gateway.tracecontext import ClientSpan, http_call_attributes
 
 log = structlog.get_logger()
 
@@ -79,6 +80,7 @@ class JwksCache:
         self._loaded_at: float | None = None
         self._tried_at = -1e9
         self._inflight: asyncio.Future[None] | None = None
+        self._span_attributes = http_call_attributes("GET", url)
 
     async def keys_for(self, kid: str | None) -> list[_Key]:
         """Candidate keys for `kid` (every key when the token names none)."""
@@ -131,7 +133,8 @@ class JwksCache:
 
     async def _fetch(self) -> None:
         self.fetches += 1
-        doc = await self._download()
+        with ClientSpan("GET", self._span_attributes):  # made for a sampled request: a span
+            doc = await self._download()
         try:
             jwks = jwt.PyJWKSet.from_dict(doc)
         except jwt.PyJWTError as exc:

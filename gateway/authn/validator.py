@@ -45,6 +45,7 @@ from gateway.authn.store import (
 from gateway.config.models import GatewayConfig, IntrospectionSource, JwtSource, TokensConfig
 from gateway.errors import InvalidTokenError, StoreUnavailableError, ValidatorUnavailableError
 from gateway.redis_conn import RedisConnection, RedisUnavailableError
+from gateway.tracecontext import note
 
 log = structlog.get_logger()
 
@@ -195,6 +196,7 @@ class TokenValidator:
         shared = await self._read_shared(digest, now)
         if shared is not None:
             if now < shared.fresh_until:
+                note("gateway.cache", "shared")  # a sampled request's lookup span says so
                 self.local.put(digest, shared)
                 if shared.info is None:
                     raise InvalidTokenError("cached_negative")
@@ -205,6 +207,7 @@ class TokenValidator:
         except ValidatorUnavailableError:
             if fallback is not None and self._stale_allowed():
                 log.debug("stale_answer_served", token_id=digest[:12])
+                note("gateway.cache", "stale")
                 return fallback
             raise
         except InvalidTokenError as exc:

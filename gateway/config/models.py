@@ -987,6 +987,52 @@ def _network(v: object) -> object:
     return v
 
 
+class TracingConfig(Model):
+    """OpenTelemetry tracing ([operations.md](operations.md#tracing)). With or without this
+    block, a valid W3C `traceparent` / `tracestate` is passed upstream and an invalid one
+    dropped; with it, every request has a trace context (a request without one starts a new
+    trace, shown as `trace_id` in the access log), and sampled requests are recorded as spans
+    and exported over OTLP/HTTP in the background."""
+
+    otlp_endpoint: str | None = Field(
+        None,
+        description="Base URL of an OTLP/HTTP collector (`/v1/traces` is added unless the URL "
+        "ends with it); unset: no spans are recorded or exported, trace contexts are still "
+        "started and passed upstream.",
+        examples=["http://otel-collector:4318"],
+    )
+    service_name: str = Field(
+        "oauth-gateway", min_length=1, description="The `service.name` of the spans."
+    )
+    sample_ratio: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="Share of new traces that are recorded (by trace-id, as OpenTelemetry's "
+        "TraceIdRatioBased); a request whose `traceparent` says sampled is always recorded, "
+        "one that says not sampled never is.",
+    )
+    max_queue_size: int = Field(
+        2048,
+        gt=0,
+        description="Spans waiting for export; a span that finds the queue full is dropped and "
+        "counted in `gateway_spans_dropped_total` (a slow collector never holds a request).",
+    )
+    export_timeout: Duration = Field(
+        10.0,
+        gt=0,
+        description="How long one export (with its retries) may take; a batch the collector "
+        "has not taken by then is dropped and counted.",
+    )
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return v
+
+
 class GatewayConfig(Model):
     """The whole file."""
 
@@ -1014,6 +1060,11 @@ class GatewayConfig(Model):
         description="On SIGTERM / SIGINT, how long in-flight requests may take to finish.",
     )
     log: LogConfig = Field(LogConfig(), description="Logging.")
+    tracing: TracingConfig | None = Field(
+        None,
+        description="OpenTelemetry tracing; unset: W3C trace context is passed upstream, "
+        "nothing is recorded.",
+    )
     limits: LimitsConfig = Field(LimitsConfig(), description="Request limits.")
     redis: RedisConfig | None = Field(
         None, description="Redis shared by replicas; unset: in-process store and cache only."

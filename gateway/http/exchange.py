@@ -15,6 +15,7 @@ from gateway.http import framing, wire
 if TYPE_CHECKING:
     from gateway.extract import KnownBearer
     from gateway.routing import Route
+    from gateway.tracecontext import RequestTrace
 
 BODY_NONE: Final = 0
 BODY_LENGTH: Final = 1
@@ -199,6 +200,7 @@ class Exchange:
         "started",
         "started_at",
         "status",
+        "trace",
         "upgrade_data",
     )
 
@@ -234,6 +236,7 @@ class Exchange:
         self.on_gone: Callable[[], object] | None = None  # stops work when the client leaves
         self.on_end: Callable[[Exchange], None] | None = None  # metrics and access log
         self.route: Route | None = None
+        self.trace: RequestTrace | None = None  # W3C trace context (gateway/tracecontext.py)
         self.error: GatewayError | None = None
         self.ended = False
         self._out: list[bytes] = []

@@ -228,6 +228,17 @@ always has its env var in the container, and a TLS file its mounted Secret.
 {{- end }}
 {{- $_ := set $cfg "redis" $redis }}
 {{- end }}
+{{- /* Tracing; the collector's headers (an API key) come from the Secret. */}}
+{{- if $v.tracing.enabled }}
+{{- $tracing := dict "service_name" ($v.tracing.serviceName | default (include "gateway.fullname" .)) "sample_ratio" $v.tracing.sampleRatio "max_queue_size" (int $v.tracing.maxQueueSize) "export_timeout" ($v.tracing.exportTimeout | toString) }}
+{{- if $v.tracing.otlpEndpoint }}
+{{- $_ := set $tracing "otlp_endpoint" $v.tracing.otlpEndpoint }}
+{{- end }}
+{{- if $v.tracing.headersSecretKey }}
+{{- $refs = append $refs (dict "env" "OTEL_EXPORTER_OTLP_TRACES_HEADERS" "key" $v.tracing.headersSecretKey "optional" false) }}
+{{- end }}
+{{- $_ := set $cfg "tracing" $tracing }}
+{{- end }}
 {{- /* Token sources: introspection client secrets come from the Secret unless given. */}}
 {{- $tokens := deepCopy (get $cfg "tokens" | default dict) }}
 {{- $sources := list }}

@@ -1,0 +1,311 @@
+"""W3C Trace Context (`traceparent` / `tracestate`): the context a request carries and passes
+upstream, and the hooks through which a sampled request's spans are recorded.
+
+Without `tracing:` only a request that carries a `traceparent` pays anything: a valid one (and
+its `tracestate`) is passed upstream unchanged, an invalid one is dropped (upstream_headers.py).
+With it, `RequestTracer.begin` gives every request a context (the incoming one, or a new trace)
+and decides sampling at once from the trace-id, as ParentBased(TraceIdRatioBased) would; only a
+sampled request gets a `Recording`, whose spans gateway/tracing.py makes with the SDK. Calls
+made on a request's behalf (IdP, JWKS, Redis) open their span through `client_span()`, which
+finds the request's span in a context variable and is a no-op object otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Awaitable
+from contextvars import ContextVar
+from typing import Final, Protocol
+from urllib.parse import urlsplit
+
+from gateway.authn.info import TokenInfo
+from gateway.errors import GatewayError
+
+TRACEPARENT: Final = b"traceparent"
+TRACESTATE: Final = b"tracestate"
+
+# version "-" trace-id "-" parent-id "-" flags, then (future versions only) "-" and anything
+_TRACEPARENT: Final = re.compile(
+    rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?", re.DOTALL
+)
+_ZERO_TRACE: Final = b"0" * 32
+_ZERO_PARENT: Final = b"0" * 16
+# tracestate list members (W3C Trace Context Level 1): simple or multi-tenant keys
+_KEY: Final = re.compile(
+    rb"[a-z][a-z0-9_\-*/]{0,255}|[a-z0-9][a-z0-9_\-*/]{0,240}@[a-z][a-z0-9_\-*/]{0,13}"
+)
+_VALUE: Final = re.compile(rb"[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]")
+_MAX_MEMBERS: Final = 32
+_OWS: Final = b" \t"
+_ZERO_TRACE_TEXT: Final = "0" * 32
+_ZERO_PARENT_TEXT: Final = "0" * 16
+_POOL_CHARS: Final = 48 * 256  # hex digits of random ids minted at once
+
+
+class Recording(Protocol):
+    """The spans of one sampled request (made by gateway/tracing.py)."""
+
+    def cache_hit(self, info: TokenInfo) -> None:
+        """The token was answered by the in-process cache (no span: an attribute)."""
+
+    async def lookup(self, pending: Awaitable[TokenInfo]) -> TokenInfo:
+        """Await the token's lookup (cache, Redis, sources) inside its own span."""
+
+    def upstream(self, method: str, upstream: str, address: str | None, port: int) -> bytes:
+        """Start the upstream exchange's span; the `traceparent` value naming it as parent."""
+
+    def end(self, status: int, reason: str | None, template: str | None) -> None:
+        """The exchange is over: end its spans (`template` is the route's `http.route`)."""
+
+
+class Recorder(Protocol):
+    """Starts the recording of a sampled request (gateway/tracing.py, with the SDK)."""
+
+    #: TraceIdRatioBased's bound for the configured ratio
+    bound: int
+
+    async def close(self) -> None:
+        """Export what is queued (bounded wait), then stop."""
+
+    def start(
+        self, trace: RequestTrace, method: str, path: str, host: str | None, scheme: str
+    ) -> Recording | None:
+        """The request's server span; None if the SDK decides not to record it after all."""
+
+
+class RequestTrace:
+    """One request's trace context: what the access log shows and the upstream receives."""
+
+    __slots__ = (
+        "flags",
+        "parent_id",
+        "recording",
+        "remote",
+        "trace_id",
+        "traceparent",
+        "tracestate",
+    )
+
+    def __init__(
+        self,
+        trace_id: str,
+        parent_id: str,
+        flags: int,
+        remote: bool,
+        traceparent: bytes,
+        tracestate: bytes | None,
+    ) -> None:
+        self.trace_id = trace_id  # 32 lower-case hex digits
+        self.parent_id = parent_id  # the caller's span (remote), else the id sent upstream
+        self.flags = flags
+        self.remote = remote  # the context came with the request
+        #: what the upstream receives: the incoming value unchanged, or the gateway's own
+        self.traceparent = traceparent
+        self.tracestate = tracestate
+        self.recording: Recording | None = None  # sampled: the request's spans
+
+
+def parse_traceparent(raw: bytes) -> RequestTrace | None:
+    """A `traceparent` value as W3C Trace Context reads it, or None when it is invalid.
+
+    Version 00 is exactly 55 characters; a later version (not `ff`) is read as far as version
+    00 goes, and must continue with `-` if it continues at all. Lower-case hex only; an
+    all-zero trace-id or parent-id is invalid. The value passed on is the one received."""
+    value = raw.strip(_OWS)
+    m = _TRACEPARENT.fullmatch(value)
+    if m is None:
+        return None
+    version = m.group(1)
+    if version == b"ff" or (version == b"00" and m.group(5) is not None):
+        return None
+    trace_id, parent_id = m.group(2), m.group(3)
+    if trace_id == _ZERO_TRACE or parent_id == _ZERO_PARENT:
+        return None
+    flags = int(m.group(4), 16)
+    return RequestTrace(trace_id.decode(), parent_id.decode(), flags, True, value, None)
+
+
+def valid_tracestate(values: list[bytes]) -> bytes | None:
+    """The `tracestate` to pass on (several fields joined by `,`), or None when it is empty or
+    invalid: more than 32 members, a key or value outside the grammar, a key twice."""
+    keys: set[bytes] = set()
+    kept: list[bytes] = []
+    for value in values:
+        members = 0
+        for part in value.split(b","):
+            member = part.strip(_OWS)
+            if not member:
+                continue  # empty members are allowed
+            key, eq, val = member.partition(b"=")
+            if not eq or _KEY.fullmatch(key) is None or _VALUE.fullmatch(val) is None:
+                return None
+            if key in keys or len(keys) >= _MAX_MEMBERS:
+                return None
+            keys.add(key)
+            members += 1
+        if members:
+            kept.append(value)
+    if not kept:
+        return None
+    return kept[0] if len(kept) == 1 else b",".join(kept)
+
+
+def incoming(
+    traceparent: bytes, count: int, tracestates: list[bytes] | None
+) -> RequestTrace | None:
+    """The context a request came with: exactly one valid `traceparent` (two are invalid), and
+    its `tracestate` when valid; a `tracestate` without a valid `traceparent` is ignored."""
+    if count != 1:
+        return None
+    trace = parse_traceparent(traceparent)
+    if trace is not None and tracestates is not None:
+        trace.tracestate = valid_tracestate(tracestates)
+    return trace
+
+
+def scan(headers: list[tuple[bytes, bytes]]) -> RequestTrace | None:
+    """The incoming context found in a request's headers (names lower-case)."""
+    parent = b""
+    count = 0
+    states: list[bytes] | None = None
+    for name, value in headers:
+        if name == TRACEPARENT:
+            parent = value
+            count += 1
+        elif name == TRACESTATE:
+            states = [value] if states is None else [*states, value]
+    return incoming(parent, count, states) if count else None
+
+
+class RequestTracer:
+    """Gives every request a trace context (`tracing:` configured); one per runtime."""
+
+    def __init__(self, recorder: Recorder | None, bound: int) -> None:
+        self.recorder = recorder  # None: contexts are propagated, nothing is recorded
+        #: TraceIdRatioBased's bound: a new trace is sampled when its id's low 64 bits are below
+        self.bound = bound if recorder is not None else 0
+        #: the bound as 16 hex digits; None when it is 2**64 (every new trace is sampled)
+        self.bound_hex: str | None = f"{self.bound:016x}" if self.bound < 1 << 64 else None
+        self._pool = ""  # random hex: 48 digits (trace-id, span-id) per new trace
+        self._next = _POOL_CHARS
+
+    def begin(
+        self,
+        headers: list[tuple[bytes, bytes]],
+        method: str,
+        path: str,
+        host: str | None,
+        scheme: str,
+    ) -> RequestTrace:
+        """The request's context: the valid incoming one (its sampled flag decides), or a new
+        trace (sampled by its trace-id); a sampled one is recorded."""
+        trace = scan(headers)
+        if trace is None:
+            trace = self.new_trace()
+        if trace.flags & 1:
+            recorder = self.recorder
+            if recorder is not None:
+                trace.recording = recorder.start(trace, method, path, host, scheme)
+        return trace
+
+    def new_trace(self) -> RequestTrace:
+        """A new trace-id and span-id; sampled by the trace-id. Ids come from a block of
+        random hex minted at once (one `os.urandom` per 256 traces): a slice each, no int."""
+        at = self._next
+        if at >= _POOL_CHARS:
+            self._pool = os.urandom(_POOL_CHARS // 2).hex()
+            at = 0
+        self._next = at + 48
+        pool = self._pool
+        trace_id = pool[at : at + 32]
+        span_id = pool[at + 32 : at + 48]
+        if trace_id == _ZERO_TRACE_TEXT or span_id == _ZERO_PARENT_TEXT:
+            return self.new_trace()  # all zeros is invalid (one chance in 2**64)
+        # TraceIdRatioBased: sampled when the id's low 64 bits are below the bound; as
+        # fixed-width hex, comparing the text is comparing the numbers
+        if self.bound and (self.bound_hex is None or trace_id[16:] < self.bound_hex):
+            return RequestTrace(trace_id, span_id, 1, False, _parent(trace_id, span_id, "01"), None)
+        return RequestTrace(trace_id, span_id, 0, False, _parent(trace_id, span_id, "00"), None)
+
+
+def _parent(trace_id: str, span_id: str, flags: str) -> bytes:
+    """What the upstream receives unless the request is recorded (then its client span)."""
+    return f"00-{trace_id}-{span_id}-{flags}".encode()
+
+
+# -- spans of calls made on a request's behalf ----------------------------------------------
+
+
+class SpanScope(Protocol):
+    """The span that calls made now belong to (a request's token lookup)."""
+
+    def child(self, name: str, attributes: dict[str, str | int]) -> ChildSpan:
+        """A client span for one call."""
+
+    def note(self, key: str, value: str) -> None:
+        """An attribute of the scope's own span."""
+
+
+class ChildSpan(Protocol):
+    def set(self, key: str, value: str | int) -> None:
+        """An attribute."""
+
+    def end(self, error: str | None) -> None:
+        """End the span; `error` is the error type when the call failed."""
+
+
+#: set by the recording around a request's token lookup; tasks started inside inherit it
+SCOPE: Final[ContextVar[SpanScope | None]] = ContextVar("gateway_span_scope", default=None)
+
+
+class ClientSpan:
+    """`with ClientSpan(name, attributes) as span:` around one IdP, JWKS or Redis call: a span
+    when the call is made for a recorded request, nothing otherwise."""
+
+    __slots__ = ("span",)
+
+    def __init__(self, name: str, attributes: dict[str, str | int]) -> None:
+        scope = SCOPE.get()
+        self.span: ChildSpan | None = scope.child(name, attributes) if scope is not None else None
+
+    def __enter__(self) -> ClientSpan:
+        return self
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        span = self.span
+        if span is not None:
+            self.span = None
+            span.end(None if exc is None else error_type(exc))
+
+    def set(self, key: str, value: str | int) -> None:
+        span = self.span
+        if span is not None:
+            span.set(key, value)
+
+
+def http_call_attributes(method: str, url: str) -> dict[str, str | int]:
+    """What the span of an HTTP call to `url` says: the server and path, never the query or
+    credentials."""
+    parts = urlsplit(url)
+    return {
+        "http.request.method": method,
+        "server.address": parts.hostname or "",
+        "server.port": parts.port or (443 if parts.scheme == "https" else 80),
+        "url.path": parts.path,
+    }
+
+
+def note(key: str, value: str) -> None:
+    """An attribute of the current scope's span (the token lookup), when there is one."""
+    scope = SCOPE.get()
+    if scope is not None:
+        scope.note(key, value)
+
+
+def error_type(exc: BaseException) -> str:
+    """What a span says about a failure: the gateway's stable reason, or the exception's type
+    (never its message, which may quote a value)."""
+    if isinstance(exc, GatewayError):
+        return exc.reason
+    return type(exc).__name__
