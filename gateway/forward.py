@@ -18,7 +18,7 @@ from gateway.http.tasks import spawn
 from gateway.http.upstream import UpstreamConnection, UpstreamResetError
 from gateway.routing import Route
 from gateway.tracecontext import Recording
-from gateway.upstream_headers import TrustedProxies, upstream_request
+from gateway.upstream_headers import TrustedProxies, header_actions, upstream_request
 
 _IDEMPOTENT: Final = frozenset(
     {"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"}
@@ -28,9 +28,15 @@ _IDEMPOTENT: Final = frozenset(
 class Forwarder:
     """Sends allowed requests to their route's upstream pool."""
 
-    def __init__(self, trusted_proxies: Iterable[str], pools: dict[str, UpstreamPool]) -> None:
+    def __init__(
+        self,
+        trusted_proxies: Iterable[str],
+        pools: dict[str, UpstreamPool],
+        cert_header: str = "x-forwarded-client-cert",
+    ) -> None:
         self.pools = pools
         self.trusted = TrustedProxies(trusted_proxies)
+        self.special = header_actions(cert_header)
 
     def forward(self, ex: Exchange, route: Route, info: TokenInfo | None) -> None:
         """Relay the exchange: at once on an idle pooled connection, else after connecting."""
@@ -42,7 +48,7 @@ class Forwarder:
             if recording is not None:  # the upstream exchange's span is the upstream's parent
                 trace.traceparent = _upstream_span(recording, ex, pool)
         trusted = ex.client_ip in self.trusted
-        request = upstream_request(ex, route, info, trusted, ex.conn.scheme)
+        request = upstream_request(ex, route, info, trusted, ex.conn.scheme, self.special)
         conn = None if ex.head.upgrade else pool.take_idle()
         # a kept-alive connection may be closed under us; retrying is safe only without a body
         # and for idempotent methods (the upstream may have acted before the reset)

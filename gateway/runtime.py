@@ -57,7 +57,7 @@ class Runtime:
             for name, u in cfg.upstreams.items()
         }
         self.access = AccessLog(cfg.log.access, use_json(cfg.log))
-        self.forwarder = Forwarder(cfg.trusted_proxies, self.pools)
+        self.forwarder = Forwarder(cfg.trusted_proxies, self.pools, cfg.tokens.mtls.cert_header)
         dpop = DpopVerifier(cfg.tokens.dpop_settings)
         dpop.use_redis(validator.redis)
         sender = SenderCheck(dpop, self.forwarder.trusted, cfg.tokens.mtls.cert_header)

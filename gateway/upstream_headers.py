@@ -128,6 +128,9 @@ KEEP_IF_TRUSTED: Final = 4  # X-Forwarded-Proto / -Host: kept from trusted peers
 CLIENT_CERT: Final = 5
 _CLIENT_CERT_NAME: Final = b"x-forwarded-client-cert"
 TRACE_CONTEXT: Final = 6  # traceparent / tracestate: the request's trace context replaces them
+#: a header only trusted proxies may set (a custom `tokens.mtls.cert_header`): kept from them,
+#: removed from everyone else, its `_` spellings from everyone
+TRUSTED_ONLY: Final = 7
 
 _OURS: Final = frozenset({b"x-request-id", b"content-length", b"expect", b"host"})
 ACTIONS: Final[dict[bytes, int]] = {
@@ -169,10 +172,26 @@ SPECIAL: Final[dict[bytes, int]] = {
 }
 
 
+def header_actions(cert_header: str) -> dict[bytes, int]:
+    """SPECIAL, plus a custom `tokens.mtls.cert_header` that only trusted proxies may set (the
+    default, X-Forwarded-Client-Cert, has its own action already)."""
+    name = cert_header.strip().lower().encode("latin-1")
+    if name in SPECIAL:
+        return SPECIAL
+    extra = {spelling: DROP for spelling in _spellings(name) if spelling != name}
+    return {**SPECIAL, **extra, name: TRUSTED_ONLY}
+
+
 def upstream_request(
-    ex: Exchange, route: Route, info: TokenInfo | None, trusted: bool, scheme: str
+    ex: Exchange,
+    route: Route,
+    info: TokenInfo | None,
+    trusted: bool,
+    scheme: str,
+    special: dict[bytes, int] = SPECIAL,
 ) -> OutgoingRequest:
-    """The request the route's upstream receives for this exchange."""
+    """The request the route's upstream receives for this exchange (`special`: the header
+    actions, `header_actions()` of the config)."""
     head = ex.head
     conn_tokens = head.conn_tokens
     forward_token = route.forward_token
@@ -184,7 +203,7 @@ def upstream_request(
     states: list[bytes] | None = None
     for header in head.headers:
         name = header[0]
-        action = SPECIAL.get(name)
+        action = special.get(name)
         if action is None:  # an ordinary header: copied unless Connection names it
             if not conn_tokens or name not in conn_tokens:
                 kept.append(header)
@@ -208,6 +227,9 @@ def upstream_request(
                 parent = header[1]
             else:
                 states = [header[1]] if states is None else [*states, header[1]]
+        elif action == TRUSTED_ONLY:
+            if trusted and name not in conn_tokens:
+                kept.append(header)
         elif trusted:  # KEEP_IF_TRUSTED
             if name.endswith(b"proto"):
                 kept_proto = True

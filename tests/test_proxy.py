@@ -754,3 +754,22 @@ async def test_large_head_split_across_reads_is_accepted(echo_upstream, make_gat
     out = await asyncio.wait_for(reader.read(), 3)
     writer.close()
     assert out.startswith(b"HTTP/1.1 200")
+
+
+@pytest.mark.parametrize("trusted", [False, True], ids=["untrusted-client", "trusted-proxy"])
+async def test_custom_cert_header_only_from_trusted_proxies(echo_upstream, make_gateway, trusted):
+    """A custom `tokens.mtls.cert_header` carries a certificate only a front proxy may vouch
+    for: from anyone else it never reaches the upstream (an upstream reading it would take a
+    client's forgery), in any `-`/`_` spelling; from a trusted proxy it is passed on."""
+    cfg = base_config(echo_upstream.url, tokens={"mtls": {"cert_header": "X-SSL-Client-Cert"}})
+    if trusted:
+        cfg["trusted_proxies"] = ["127.0.0.1/32"]
+    gw = await make_gateway(cfg)
+    raw = (
+        b"GET /p HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"X-SSL-Client-Cert: forged\r\nX_SSL_Client_Cert: forged-too\r\n\r\n"
+    )
+    out = await raw_exchange(gw.port, raw)
+    body = orjson.loads(out.split(b"\r\n\r\n", 1)[1])
+    got = [(k.lower(), v) for k, v in body["headers"] if "ssl" in k.lower()]
+    assert got == ([("x-ssl-client-cert", "forged")] if trusted else [])
