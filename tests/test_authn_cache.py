@@ -27,20 +27,21 @@ STORE = [{"type": "store"}]
 
 
 def info(exp: float | None) -> TokenInfo:
-    return TokenInfo("u", "c", "s", frozenset({"s"}), "implicit", exp, None, "store")
+    return TokenInfo("u", "c", "s", frozenset({"s"}), "implicit", exp, "store")
 
 
 def test_positive_entry_bounds():
     """Fresh for ttl, usable for ttl + stale_if_error, both never past exp."""
     cfg = CacheConfig(ttl=10, stale_if_error=100)
-    e = positive_entry(info(None), 1000.0, cfg)
-    assert (e.fresh_until, e.usable_until) == (1010.0, 1110.0)
-    e = positive_entry(info(1050.0), 1000.0, cfg)
-    assert (e.fresh_until, e.usable_until) == (1010.0, 1050.0)
-    e = positive_entry(info(1005.0), 1000.0, cfg)
-    assert (e.fresh_until, e.usable_until) == (1005.0, 1005.0)
-    n = negative_entry(1000.0, CacheConfig(negative_ttl=3))
-    assert (n.info, n.fresh_until, n.usable_until) == (None, 1003.0, 1003.0)
+    e = positive_entry(info(None), 1000.0)
+    assert (e.fresh_until(cfg), e.usable_until(cfg)) == (1010.0, 1110.0)
+    e = positive_entry(info(1050.0), 1000.0)
+    assert (e.fresh_until(cfg), e.usable_until(cfg)) == (1010.0, 1050.0)
+    e = positive_entry(info(1005.0), 1000.0)
+    assert (e.fresh_until(cfg), e.usable_until(cfg)) == (1005.0, 1005.0)
+    n = negative_entry(1000.0)
+    ncfg = CacheConfig(negative_ttl=3)
+    assert (n.info, n.fresh_until(ncfg), n.usable_until(ncfg)) == (None, 1003.0, 1003.0)
 
 
 def test_lru_evicts_least_recently_used():
@@ -49,9 +50,9 @@ def test_lru_evicts_least_recently_used():
     now = time.time()
     h = {name: TokenDigest.of(name).hex for name in "abcd"}
     for name in "abc":
-        cache.put(h[name], positive_entry(info(None), now, cache.cfg))
+        cache.put(h[name], positive_entry(info(None), now))
     assert cache.peek(h["a"]) is not None  # a is now the most recent
-    cache.put(h["d"], positive_entry(info(None), now, cache.cfg))
+    cache.put(h["d"], positive_entry(info(None), now))
     assert list(cache.entries) == [TokenDigest(h[name]).key for name in "cad"]
     assert cache.peek(h["b"]) is None
 
@@ -62,7 +63,7 @@ def test_revoked_hash_is_never_cached_positively():
     now = time.time()
     h = TokenDigest.of("h").hex
     cache.revoke(h, now + 0.05)
-    cache.put(h, positive_entry(info(None), now, cache.cfg))
+    cache.put(h, positive_entry(info(None), now))
     assert cache.peek(h) is None
     assert cache.is_revoked(h, now)
     cache.purge(now + 1)
@@ -201,7 +202,7 @@ def test_token_key_is_the_key_of_the_tokens_digest(token):
     assert digest.id == digest.hex[:12]
     cache = LocalCache(CacheConfig())
     info = TokenInfo("alice", "app", "read", frozenset({"read"}), "authorization_code", None)
-    cache.put(digest.hex, positive_entry(info, time.time(), cache.cfg))
+    cache.put(digest.hex, positive_entry(info, time.time()))
     assert cache.peek_raw(digest.key, time.time()) is info
 
 
@@ -222,7 +223,7 @@ def test_lru_order_matches_a_reference_lru(ops):
     for op, n in ops:
         digest = TokenDigest.of(f"token-{n}").hex
         if op == "put":
-            cache.put(digest, positive_entry(info(None), now, cache.cfg))
+            cache.put(digest, positive_entry(info(None), now))
             if not cache.is_revoked(digest, now):
                 model.pop(digest, None)
                 model[digest] = None

@@ -55,42 +55,39 @@ def _key(digest: str) -> int:
 @dataclass(slots=True)
 class Entry:
     """A cached answer: `info` None is a negative one. Its limits are derived from
-    `cached_at`, the token's exp and the (shared) cache config rather than stored: memory per
-    cached token is what lets one process hold 100,000s of them."""
+    `cached_at`, the token's exp and the cache config (the cache's, passed in) rather than
+    stored: memory per cached token is what lets one process hold 100,000s of them."""
 
     info: TokenInfo | None
     cached_at: float
-    cfg: CacheConfig
 
-    @property
-    def fresh_until(self) -> float:
+    def fresh_until(self, cfg: CacheConfig) -> float:
         """Positive: `ttl`, never past exp; negative: `negative_ttl`."""
         info = self.info
         if info is None:
-            return self.cached_at + self.cfg.negative_ttl
-        until = self.cached_at + self.cfg.ttl
+            return self.cached_at + cfg.negative_ttl
+        until = self.cached_at + cfg.ttl
         exp = info.expires_at
         return until if exp is None or until < exp else exp
 
-    @property
-    def usable_until(self) -> float:
+    def usable_until(self, cfg: CacheConfig) -> float:
         """While sources are down: `stale_if_error` more, never past exp (negatives: fresh)."""
         info = self.info
         if info is None:
-            return self.fresh_until
-        until = self.cached_at + self.cfg.ttl + self.cfg.stale_if_error
+            return self.fresh_until(cfg)
+        until = self.cached_at + cfg.ttl + cfg.stale_if_error
         exp = info.expires_at
         return until if exp is None or until < exp else exp
 
 
-def positive_entry(info: TokenInfo, cached_at: float, cfg: CacheConfig) -> Entry:
+def positive_entry(info: TokenInfo, cached_at: float) -> Entry:
     """Fresh for `ttl`, usable while sources are down for `stale_if_error` more; never past exp."""
-    return Entry(info, cached_at, cfg)
+    return Entry(info, cached_at)
 
 
-def negative_entry(cached_at: float, cfg: CacheConfig) -> Entry:
+def negative_entry(cached_at: float) -> Entry:
     """A "not valid" answer, reused for `negative_ttl`."""
-    return Entry(None, cached_at, cfg)
+    return Entry(None, cached_at)
 
 
 class LocalCache:
@@ -113,7 +110,7 @@ class LocalCache:
         """The hot path: a fresh positive answer at `now`, or None; a fresh negative raises."""
         entries = self.entries
         entry = entries.get(key)
-        if entry is None or now >= entry.fresh_until:
+        if entry is None or now >= entry.fresh_until(self.cfg):
             return None
         if key != self._last:
             del entries[key]
@@ -187,7 +184,7 @@ def entry_to_json(entry: Entry) -> str:
         i = entry.info
         doc.update(
             sub=i.subject, client_id=i.client_id, scope=i.scope, grant=i.grant,
-            exp=i.expires_at, iat=i.issued_at, source=i.source,
+            exp=i.expires_at, source=i.source,
         )  # fmt: skip
         if i.audience:
             doc["aud"] = sorted(i.audience)
@@ -197,23 +194,23 @@ def entry_to_json(entry: Entry) -> str:
     return json.dumps(doc, separators=(",", ":"))
 
 
-def entry_from_json(raw: str, cfg: CacheConfig) -> Entry | None:
+def entry_from_json(raw: str) -> Entry | None:
     """Parse a shared entry; None when it is not one of ours."""
     try:
         doc = json.loads(raw)
         cached_at = float(doc["at"])
         if not doc["active"]:
-            return negative_entry(cached_at, cfg)
+            return negative_entry(cached_at)
         cnf = doc.get("cnf") or {}
         info = TokenInfo(
             subject=doc.get("sub"), client_id=doc.get("client_id"), scope=doc["scope"],
             scopes=scope_set(doc["scope"]), grant=doc["grant"], expires_at=doc.get("exp"),
-            issued_at=doc.get("iat"), source=doc.get("source", ""),
+            source=doc.get("source", ""),
             audience=audience_set(doc.get("aud")), jkt=cnf.get("jkt"), x5t=cnf.get("x5t#S256"),
         )  # fmt: skip
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
-    return positive_entry(info, cached_at, cfg)
+    return positive_entry(info, cached_at)
 
 
 @dataclass(slots=True)
@@ -249,13 +246,13 @@ class SharedCache:
             return await pipe.execute()
 
         cached, revoked = await self.conn.run(op)
-        entry = entry_from_json(cached, self.cfg) if isinstance(cached, str) else None
+        entry = entry_from_json(cached) if isinstance(cached, str) else None
         until = _float(revoked) if revoked is not None else None
         return SharedRead(entry, until)
 
     async def write(self, digest: str, entry: Entry) -> None:
         """Store an answer until its usable limit; raises RedisUnavailableError."""
-        ms = int((entry.usable_until - time.time()) * 1000)
+        ms = int((entry.usable_until(self.cfg) - time.time()) * 1000)
         if ms <= 0:
             return
         data = entry_to_json(entry)

@@ -113,7 +113,6 @@ def info_from_claims(claims: Mapping[str, Any], grant: str, source: str) -> Toke
         scopes=scope_set(scope),
         grant=grant,
         expires_at=_number(claims.get("exp")),
-        issued_at=_number(claims.get("iat")),
         source=source,
         audience=audience_set(claims.get("aud")),
         jkt=jkt,

@@ -16,7 +16,6 @@ class TokenInfo:
     scopes: frozenset[str]
     grant: str  # mapped grant name: authorization_code | implicit | ... | unknown
     expires_at: float | None  # Unix seconds
-    issued_at: float | None = None
     source: str = ""  # store | jwt | introspection
     #: `aud` (RFC 7519 / RFC 7662 / the store record): the resources it was issued for
     audience: frozenset[str] = frozenset()

@@ -42,7 +42,13 @@ from gateway.authn.store import (
     TokenStore,
     issue,
 )
-from gateway.config.models import GatewayConfig, IntrospectionSource, JwtSource, TokensConfig
+from gateway.config.models import (
+    CacheConfig,
+    GatewayConfig,
+    IntrospectionSource,
+    JwtSource,
+    TokensConfig,
+)
 from gateway.errors import InvalidTokenError, StoreUnavailableError, ValidatorUnavailableError
 from gateway.redis_conn import RedisConnection, RedisUnavailableError
 from gateway.tracecontext import note
@@ -192,16 +198,16 @@ class TokenValidator:
         if known is not None and known.info is not None and _expired(known.info, now):
             self.local.drop(digest)
             raise InvalidTokenError("expired")  # no need to ask anyone
-        fallback = _usable(known, now)
+        fallback = _usable(known, now, self.cfg.cache)
         shared = await self._read_shared(digest, now)
         if shared is not None:
-            if now < shared.fresh_until:
+            if now < shared.fresh_until(self.cfg.cache):
                 note("gateway.cache", "shared")  # a sampled request's lookup span says so
                 self.local.put(digest, shared)
                 if shared.info is None:
                     raise InvalidTokenError("cached_negative")
                 return shared.info
-            fallback = fallback or _usable(shared, now)
+            fallback = fallback or _usable(shared, now, self.cfg.cache)
         try:
             info = await self._ask_sources(token, digest)
         except ValidatorUnavailableError:
@@ -268,8 +274,7 @@ class TokenValidator:
             return
         if info is not None and self.local.is_revoked(digest, now):
             raise InvalidTokenError("revoked")  # revoked while the lookup was in flight
-        cfg = self.cfg.cache
-        entry = positive_entry(info, now, cfg) if info else negative_entry(now, cfg)
+        entry = positive_entry(info, now) if info else negative_entry(now)
         self.local.put(digest, entry)
         if self.shared is not None and (info is None or info.source == "introspection"):
             with contextlib.suppress(RedisUnavailableError):
@@ -336,9 +341,9 @@ class TokenValidator:
         return None
 
 
-def _usable(entry: Entry | None, now: float) -> TokenInfo | None:
+def _usable(entry: Entry | None, now: float, cfg: CacheConfig) -> TokenInfo | None:
     """A positive answer still within its stale_if_error limit."""
-    if entry is None or entry.info is None or now >= entry.usable_until:
+    if entry is None or entry.info is None or now >= entry.usable_until(cfg):
         return None
     return entry.info
 
