@@ -43,8 +43,8 @@ def run(path: str, requests: int, out: Path, inclusive: bool) -> dict[str, int]:
     if done.returncode != 0:
         sys.exit(f"hotpath.py under callgrind failed:\n{done.stderr[-2000:]}")
     annotated = subprocess.run(
-        ["callgrind_annotate", "--auto=no", "--threshold=100", f"--inclusive={'yes' if inclusive else 'no'}",
-         str(out)],
+        ["callgrind_annotate", "--auto=no", "--threshold=100",
+         f"--inclusive={'yes' if inclusive else 'no'}", str(out)],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     costs: dict[str, int] = {}

@@ -25,7 +25,7 @@ Then the bound-token rows (bench/bound.py: an audience-checked route and DPoP ro
 RS256 and EdDSA proofs against the same token route with a bearer token), `workers: auto`
 against 1 worker, both unpinned, and RSS per 100k cached tokens.
 
-    .venv/bin/python bench/run.py [--duration 5] [--repeats 3] [--quick] [--workers auto|1]
+    .venv/bin/python bench/run.py [--duration 3] [--repeats 5] [--quick] [--workers auto|1]
 """
 
 from __future__ import annotations
@@ -747,13 +747,15 @@ class Bench:
                 o = ref[key]
                 print(
                     f"  gateway / {name}: req/s {gw.median('rps') / o.median('rps'):.2f}x, "
-                    f"CPU per request {gw.median('cpu_us') / o.median('cpu_us'):.2f}x"
+                    f"CPU per request {gw.median('cpu_us') / o.median('cpu_us'):.2f}x; "
+                    f"{_paired(gw, o)}"
                 )
         if "peer_post" in ref:
             g, o = ref["gw_post"], ref["peer_post"]
             print(
                 f"  POST 1KiB gateway / nginx peer: req/s {g.median('rps') / o.median('rps'):.2f}x,"
-                f" CPU per request {g.median('cpu_us') / o.median('cpu_us'):.2f}x"
+                f" CPU per request {g.median('cpu_us') / o.median('cpu_us'):.2f}x; "
+                f"{_paired(g, o)}"
             )
         for key, what, unit in (
             ("tls", "TLS keep-alive gateway / nginx", "request"),
@@ -765,7 +767,8 @@ class Bench:
                     f"  {what}: req/s {g.median('rps') / o.median('rps'):.2f}x "
                     f"({g.median('rps'):.0f} vs {o.median('rps'):.0f}; spread {_spread(g):.0f}% / "
                     f"{_spread(o):.0f}%), CPU per {unit} {g.median('cpu_us'):.0f} vs "
-                    f"{o.median('cpu_us'):.0f} µs ({g.median('cpu_us') / o.median('cpu_us'):.2f}x)"
+                    f"{o.median('cpu_us'):.0f} µs "
+                    f"({g.median('cpu_us') / o.median('cpu_us'):.2f}x); {_paired(g, o)}"
                 )
         if "gw_tls" in ref:
             rps = ref["gw_tls"].median("rps") / gw.median("rps")
@@ -818,7 +821,7 @@ class Bench:
         machine), each judged against `target` widened to the run-to-run spread."""
         rps = a.median("rps") / b.median("rps")
         cpu = b.median("cpu_us") / a.median("cpu_us")  # > 1: `a` is cheaper
-        line = f"{what}: req/s {rps:.2f}x, CPU per request {1 / cpu:.2f}x"
+        line = f"{what}: req/s {rps:.2f}x, CPU per request {1 / cpu:.2f}x; {_paired(a, b)}"
         if self.args.repeats < 3:
             return line + " (too few repeats to judge)"
         verdicts = []
@@ -836,6 +839,21 @@ def _ratio(w: Workload, other: Workload | None) -> str:
     if other is None or not other.samples:
         return ""
     return f"{w.median('rps') / other.median('rps'):.2f}x"
+
+
+def _paired(a: Workload, b: Workload) -> str:
+    """The ratios of runs made next to each other (rows are interleaved, so a pair shares the
+    machine's load of that moment): their median and range, req/s and CPU per request. Steadier
+    than the ratio of two medians when the machine's load drifts between repeats."""
+    pairs = list(zip(a.samples, b.samples, strict=False))
+    if not pairs:
+        return "no paired runs"
+    rps = sorted(x.rps / y.rps for x, y in pairs)
+    cpu = sorted(x.cpu_us / y.cpu_us for x, y in pairs if y.cpu_us > 0)
+    text = f"paired runs: req/s {statistics.median(rps):.2f}x ({rps[0]:.2f}-{rps[-1]:.2f})"
+    if cpu:
+        text += f", CPU {statistics.median(cpu):.2f}x ({cpu[0]:.2f}-{cpu[-1]:.2f})"
+    return text
 
 
 def _spread(w: Workload, attr: str = "rps") -> float:
@@ -863,8 +881,8 @@ def temp_dir() -> Iterator[Path]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--duration", type=float, default=5.0, help="seconds per measured run")
-    p.add_argument("--repeats", type=int, default=3, help="interleaved repeats (medians)")
+    p.add_argument("--duration", type=float, default=3.0, help="seconds per measured run")
+    p.add_argument("--repeats", type=int, default=5, help="interleaved repeats (medians)")
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--quick", action="store_true", help="~30s smoke run: 2s x 1, no RSS")
     p.add_argument(
