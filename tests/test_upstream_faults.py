@@ -122,3 +122,43 @@ async def test_reset_on_a_kept_alive_connection_retries_only_idempotent_methods(
             assert r.status == status
     server.close()
     assert seen.count(f"{method} /x HTTP/1.1".encode()) == attempts
+
+
+@pytest.mark.parametrize(
+    ("fields", "status"),
+    [
+        # at the bounds: 500 fields, 64 KiB of names and values in all
+        ([(b"x-f%d" % i, b"v") for i in range(499)], 200),
+        ([(b"x-big", b"a" * (64 * 1024 - 5 - 15))], 200),
+        # one field more, one byte more: refused before the client sees any of it
+        ([(b"x-f%d" % i, b"v") for i in range(500)], 502),
+        ([(b"x-big", b"a" * (64 * 1024 - 5 - 14))], 502),
+        # an upstream that never stops sending fields
+        ([(b"x-f%d" % i, b"v" * 100) for i in range(5000)], 502),
+    ],
+)
+async def test_an_upstream_answer_head_is_bounded(make_gateway, fields, status):
+    """An answer head of more than 500 fields or 64 KiB of names and values (counted with the
+    Content-Length field the upstream also sends) is a 502, not memory the upstream may fill."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"  # content-length + "2": 15 bytes
+        head += b"".join(n + b": " + v + b"\r\n" for n, v in fields)
+        try:
+            writer.write(head + b"\r\nok")
+            await writer.drain()
+        except ConnectionError:
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    gw = await make_gateway(base_config(f"http://127.0.0.1:{port}"))
+    out = await raw_exchange(gw.port, b"GET /p HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    server.close()
+    assert out.startswith(b"HTTP/1.1 %d" % status), out[:200]
+    if status == 502:
+        assert b"x-f1:" not in out.lower() and b"x-big" not in out.lower()
+    else:
+        assert out.endswith(b"ok")

@@ -30,6 +30,10 @@ _CONNECTION_OPTIONS: Final = frozenset({b"close", b"keep-alive"})
 _NO_TOKENS: Final[frozenset[bytes]] = frozenset()
 _JOIN_LIMIT: Final = 64 * 1024  # below this, pieces are joined into one write; above, writelines
 _WEBSOCKET_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 1.3
+#: An answer's head may hold at most this many fields and bytes of names and values (llhttp
+#: sets no bound): an upstream that sends more gets 502, not the gateway's memory.
+MAX_RESPONSE_FIELDS: Final = 500
+MAX_RESPONSE_HEAD_BYTES: Final = 64 * 1024
 
 
 def websocket_accepted(ex: Exchange, headers: list[tuple[bytes, bytes]]) -> bool:
@@ -74,6 +78,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._chunked_body = False
         self._head_request = False
         self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0  # of the names and values of the head being read
         self._got_bytes = False
         self._head_done = False
         self._informational = False
@@ -127,8 +132,13 @@ class UpstreamConnection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upg:
             self._upgraded(data[upg.args[0] :])
-        except httptools.HttpParserError:
-            self._fail(UpstreamError("upstream_bad_response"))
+        except httptools.HttpParserError as err:
+            cause = err.__context__  # a callback's own error (a head over its bounds)
+            self._fail(
+                cause
+                if isinstance(cause, UpstreamError)
+                else UpstreamError("upstream_bad_response")
+            )
             self.close()
         ex = self.ex
         if ex is not None:
@@ -272,9 +282,14 @@ class UpstreamConnection(asyncio.Protocol):
     # No on_message_begin (each callback httptools finds costs a call from C into Python):
     # the header list is replaced once a head has been used.
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((wire.lower_name(name), value))
+        headers = self._headers
+        self._head_bytes += len(name) + len(value)
+        if len(headers) >= MAX_RESPONSE_FIELDS or self._head_bytes > MAX_RESPONSE_HEAD_BYTES:
+            raise UpstreamError("upstream_head_too_large")  # httptools: HttpParserCallbackError
+        headers.append((wire.lower_name(name), value))
 
     def on_headers_complete(self) -> None:
+        self._head_bytes = 0
         status = self.parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             self._informational = True  # 100/103: not relayed, the final answer follows
