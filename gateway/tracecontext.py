@@ -5,7 +5,7 @@ Without `tracing:` only a request that carries a `traceparent` pays anything: a 
 its `tracestate`) is passed upstream unchanged, an invalid one is dropped (upstream_headers.py).
 With it, `RequestTracer.begin` gives every request a context (the incoming one, or a new trace)
 and decides sampling at once from the trace-id, as ParentBased(TraceIdRatioBased) would; only a
-sampled request gets a `Recording`, whose spans gateway/tracing.py makes with the SDK. Calls
+sampled request gets a `Recording`, whose spans gateway/tracing.py records and exports. Calls
 made on a request's behalf (IdP, JWKS, Redis) open their span through `client_span()`, which
 finds the request's span in a context variable and is a no-op object otherwise.
 """
@@ -47,7 +47,7 @@ class Recording(Protocol):
     """The spans of one sampled request (made by gateway/tracing.py)."""
 
     def cache_hit(self, info: TokenInfo) -> None:
-        """The token was answered by the in-process cache (no span: an attribute)."""
+        """The token was answered by the in-process cache: the token lookup's span says so."""
 
     async def lookup(self, pending: Awaitable[TokenInfo]) -> TokenInfo:
         """Await the token's lookup (cache, Redis, sources) inside its own span."""
@@ -71,7 +71,7 @@ class Recorder(Protocol):
     def start(
         self, trace: RequestTrace, method: str, path: str, host: str | None, scheme: str
     ) -> Recording | None:
-        """The request's server span; None if the SDK decides not to record it after all."""
+        """The request's server span (None: not recorded after all)."""
 
 
 class RequestTrace:
