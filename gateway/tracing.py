@@ -395,7 +395,7 @@ class SpanRecording:
         if info.client_id is not None:
             attributes["gateway.client_id"] = info.client_id
 
-    def upstream(self, method: str, upstream: str, address: str | None, port: int) -> bytes:
+    def upstream(self, method: str, upstream: str, address: str | None, port: int) -> str:
         recorder, server = self._recorder, self._server
         attributes: dict[str, str | int] = {
             "http.request.method": method if method in _METHODS else "_OTHER",
@@ -410,7 +410,7 @@ class SpanRecording:
             trace, server.name, _CLIENT, span_id, server.span_id, attributes, _now()
         )
         # version 00, sampled: the request is recorded
-        return f"00-{trace.trace_id}-{span_id}-01".encode()
+        return f"00-{trace.trace_id}-{span_id}-01"
 
     def end(self, status: int, reason: str | None, template: str | None) -> None:
         recorder = self._recorder
