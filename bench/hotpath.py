@@ -10,16 +10,22 @@ writes) and the event loop's. Prints microseconds per request (noisy on a shared
 `bench/instructions.py` runs this under callgrind for counts that do not move between runs.
 
     .venv/bin/python bench/hotpath.py [--requests 100000] [--path /bench|/public|/limited]
-        [--trace-context]
+        [--trace-context] [--otlp URL [--sample-ratio 0.01]]
 
 `--trace-context` adds `tracing: {}` without a collector: every request gets a new trace
 context (trace-id, upstream traceparent, trace_id in the access line), nothing is recorded.
+`--otlp URL` records the sampled requests' spans and exports them to that collector
+(bench/otlp_sink.py); the run ends once every span is exported, none dropped, so that the
+export thread's work is counted too. Its trace-ids come from a deterministic sequence (`os.urandom`
+replaced by a Weyl sequence of 64-bit words) that samples the same share of any run of
+requests: callgrind's counts stay comparable between run lengths.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import os
 import sys
 import time
 from typing import Any
@@ -67,7 +73,28 @@ class MemoryTransport:
         return False
 
 
-def config(trace_context: bool = False) -> dict[str, Any]:
+def deterministic_urandom(n: int) -> bytes:
+    """`os.urandom` for the bench: 64-bit words k * 2**64 / golden ratio (mod 2**64), whose
+    share below any bound is the bound's share of 2**64 within a fraction of a percent over any
+    few thousand consecutive words, so a trace-id's low 64 bits sample `sample_ratio` exactly.
+    The words are made once (start-up, which callgrind's difference cancels): a call is a slice."""
+    global _weyl_at
+    if _weyl_at + n > len(_WEYL):
+        _weyl_at = 0
+    out = _WEYL[_weyl_at : _weyl_at + n]
+    _weyl_at += (n + 7) // 8 * 8
+    return out
+
+
+_WEYL = b"".join(
+    ((k * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "big") for k in range(1, 1 << 17)
+)
+_weyl_at = 0
+
+
+def config(
+    trace_context: bool = False, otlp: str | None = None, sample_ratio: float = 0.01
+) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "listen": {"host": "127.0.0.1", "port": 0},
         "admin": None,
@@ -94,13 +121,28 @@ def config(trace_context: bool = False) -> dict[str, Any]:
         # never reached: the cost of the bookkeeping (local buckets: no Redis here)
         "rate_limits": {"bench": {"key": ["client_id"], "rate": "1000000/s"}},
     }
-    if trace_context:
+    if otlp is not None:  # a queue that never overflows: every span is exported and counted
+        cfg["tracing"] = {
+            "otlp_endpoint": otlp, "sample_ratio": sample_ratio, "max_queue_size": 10**7,
+        }  # fmt: skip
+    elif trace_context:
         cfg["tracing"] = {}
     return cfg
 
 
-async def run(requests: int, path: str, trace_context: bool = False) -> float:
-    gw = Gateway(parse_config(config(trace_context), env={}))
+async def run(
+    requests: int,
+    path: str,
+    trace_context: bool = False,
+    otlp: str | None = None,
+    sample_ratio: float = 0.01,
+) -> float:
+    if otlp is not None:
+        os.urandom = deterministic_urandom
+        # batches leave when full (512 spans) or at the end, never on a wall-clock timer:
+        # callgrind's slow clock would otherwise send many small batches
+        os.environ["OTEL_BSP_SCHEDULE_DELAY"] = str(3_600_000)
+    gw = Gateway(parse_config(config(trace_context, otlp, sample_ratio), env={}))
     await gw.start()
     try:
         rt = gw.runtime
@@ -134,9 +176,26 @@ async def run(requests: int, path: str, trace_context: bool = False) -> float:
         started = time.perf_counter()
         for _ in range(requests):
             one()
-        return (time.perf_counter() - started) / requests * 1e6
+        took = time.perf_counter() - started
+        if otlp is not None:
+            exported(gw)
+        return took / requests * 1e6
     finally:
         await gw.close()
+
+
+def exported(gw: Gateway) -> None:
+    """Wait for the export of every span recorded so far; refuse a run that dropped any."""
+    recorder = gw.runtime.recorder
+    assert recorder is not None
+    if not recorder.flush(600):  # type: ignore[attr-defined]
+        sys.exit("the spans were not exported within 10 minutes")
+    dropped = {
+        reason: gw.metrics.spans_dropped.labels(reason)._value.get()
+        for reason in ("queue_full", "export_failed")
+    }
+    if any(dropped.values()):
+        sys.exit(f"spans were dropped: {dropped}")
 
 
 def main() -> None:
@@ -144,8 +203,10 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=100_000)
     p.add_argument("--path", default="/bench", choices=["/bench", "/public", "/limited"])
     p.add_argument("--trace-context", action="store_true", help="`tracing: {}` (no collector)")
+    p.add_argument("--otlp", metavar="URL", help="record sampled requests, export to URL")
+    p.add_argument("--sample-ratio", type=float, default=0.01, help="with --otlp")
     args = p.parse_args()
-    us = uvloop.run(run(args.requests, args.path, args.trace_context))
+    us = uvloop.run(run(args.requests, args.path, args.trace_context, args.otlp, args.sample_ratio))
     print(
         f"{args.path}: {us:.1f} us per request without sockets ({build_kind()} build, "
         f"{args.requests} requests after {WARM_UP} to warm up)"

@@ -8,9 +8,14 @@ compiled modules left out), for the compiled/pure ratio. Needs valgrind (Debian:
 about a minute and a half per row on 2 cores.
 
     .venv/bin/python bench/instructions.py [--pure] [--paths /bench /public] [--trace-context]
+        [--sampled 0.01 1.0]
 
 `--trace-context` counts each path a second time with `tracing: {}` (no collector: every
 request gets a new trace context, nothing is recorded), for the cost of the context alone.
+`--sampled RATIO...` counts each path again with `tracing:` exporting to a real collector
+(bench/otlp_sink.py, started here, not counted) at each `sample_ratio`: the spans' cost on the
+request path and in the export thread (the run waits until every span is exported), with the
+cost of one recorded request in requests' worth. The ratio 1 rows run a quarter of the requests.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from procs import free_port, wait_port
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -60,20 +67,24 @@ def total_instructions(
     return int(m.group(1))
 
 
-def per_request(path: str, env: dict[str, str], tmp: Path, extra: tuple[str, ...] = ()) -> float:
+def per_request(
+    path: str, env: dict[str, str], tmp: Path, extra: tuple[str, ...] = (), scale: int = 1
+) -> float:
     """(I(LARGE) - I(SMALL)) / (LARGE - SMALL): the runs share every start-up cost. A third
     run in the middle checks that: both halves must give the same slope (a run whose start-up
-    or steady state differed would be seen), or the figure is refused."""
-    sizes = (SMALL, (SMALL + LARGE) // 2, LARGE)
+    or steady state differed would be seen), or the figure is refused. `scale` divides the
+    request counts (for expensive rows)."""
+    small, large = SMALL // scale, LARGE // scale
+    sizes = (small, (small + large) // 2, large)
     with ThreadPoolExecutor(3) as pool:
-        small, mid, large = pool.map(
+        i_small, i_mid, i_large = pool.map(
             lambda n: total_instructions(path, n, env, tmp / f"cg-{n}.out", extra), sizes
         )
-    low = (mid - small) / (sizes[1] - SMALL)
-    high = (large - mid) / (LARGE - sizes[1])
+    low = (i_mid - i_small) / (sizes[1] - sizes[0])
+    high = (i_large - i_mid) / (sizes[2] - sizes[1])
     if abs(high - low) > 0.02 * max(low, high):
         sys.exit(f"{path}: unstable count ({low:,.0f} vs {high:,.0f} per request); run again")
-    return (large - small) / (LARGE - SMALL)
+    return (i_large - i_small) / (sizes[2] - sizes[0])
 
 
 def pure_copy(tmp: Path) -> Path:
@@ -98,11 +109,50 @@ def build_of(env: dict[str, str], cwd: Path) -> str:
     ).stdout.strip()
 
 
+def sampled(
+    label: str,
+    kind: str,
+    path: str,
+    env: dict[str, str],
+    tmp: Path,
+    ratio: float,
+    plain: float,
+    context: float,
+) -> None:
+    """One `--sampled` row: instructions per request with spans exported at `ratio`, and what
+    one recorded request costs beyond the trace context, in requests (without tracing)."""
+    port = free_port()
+    sink = subprocess.Popen(
+        [sys.executable, str(HERE / "otlp_sink.py"), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_port(port)
+        extra = ("--otlp", f"http://127.0.0.1:{port}", "--sample-ratio", str(ratio))
+        count = per_request(path, env, tmp, extra, scale=4 if ratio > 0.1 else 1)
+    finally:
+        sink.terminate()
+        sink.wait(10)
+    each = (count - context) / ratio if ratio else 0.0
+    print(
+        f"{label:10s} ({kind:11s}) {path:8s} {count:9,.0f} instructions per request with "
+        f"sample_ratio {ratio:g} ({count / plain:.3f}x); a recorded request costs {each:,.0f} "
+        f"more ({each / plain:.1f} requests' worth)",
+        flush=True,
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pure", action="store_true", help="also count the pure-Python build")
     p.add_argument("--paths", nargs="+", default=["/bench", "/public"])
     p.add_argument("--trace-context", action="store_true", help="also count with `tracing: {}`")
+    p.add_argument(
+        "--sampled", nargs="*", type=float, default=[], metavar="RATIO",
+        help="also count with spans exported to a collector at these sample ratios",
+    )  # fmt: skip
     args = p.parse_args()
     if shutil.which("valgrind") is None:
         sys.exit("valgrind not found (apt-get install -y valgrind)")
@@ -122,13 +172,16 @@ def main() -> None:
                     f"{results[(label, path)]:9,.0f} instructions per request",
                     flush=True,
                 )
-                if args.trace_context:
+                traced = 0.0
+                if args.trace_context or args.sampled:
                     traced = per_request(path, env, tmp, ("--trace-context",))
                     print(
                         f"{label:10s} ({kind:11s}) {path:8s} {traced:9,.0f} instructions per "
                         f"request with a trace context ({traced / results[(label, path)]:.3f}x)",
                         flush=True,
                     )
+                for ratio in args.sampled:
+                    sampled(label, kind, path, env, tmp, ratio, results[(label, path)], traced)
         if args.pure:
             for path in args.paths:
                 ratio = results[("installed", path)] / results[("pure copy", path)]

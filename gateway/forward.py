@@ -46,7 +46,7 @@ class Forwarder:
         if trace is not None:
             recording = trace.recording
             if recording is not None:  # the upstream exchange's span is the upstream's parent
-                trace.traceparent = _upstream_span(recording, ex, pool)
+                trace.set_upstream_parent(_upstream_span(recording, ex, pool))
         trusted = ex.client_ip in self.trusted
         request = upstream_request(ex, route, info, trusted, ex.conn.scheme, self.special)
         conn = None if ex.head.upgrade else pool.take_idle()
@@ -93,7 +93,7 @@ class Forwarder:
         conn.flush()
 
 
-def _upstream_span(recording: Recording, ex: Exchange, pool: UpstreamPool) -> bytes:
+def _upstream_span(recording: Recording, ex: Exchange, pool: UpstreamPool) -> str:
     """Start the upstream exchange's client span; the `traceparent` the upstream receives."""
     targets = pool.targets
     target = targets[0] if len(targets) == 1 else None  # with several, not known yet

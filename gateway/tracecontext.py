@@ -5,7 +5,7 @@ Without `tracing:` only a request that carries a `traceparent` pays anything: a 
 its `tracestate`) is passed upstream unchanged, an invalid one is dropped (upstream_headers.py).
 With it, `RequestTracer.begin` gives every request a context (the incoming one, or a new trace)
 and decides sampling at once from the trace-id, as ParentBased(TraceIdRatioBased) would; only a
-sampled request gets a `Recording`, whose spans gateway/tracing.py makes with the SDK. Calls
+sampled request gets a `Recording`, whose spans gateway/tracing.py records and exports. Calls
 made on a request's behalf (IdP, JWKS, Redis) open their span through `client_span()`, which
 finds the request's span in a context variable and is a no-op object otherwise.
 """
@@ -47,12 +47,12 @@ class Recording(Protocol):
     """The spans of one sampled request (made by gateway/tracing.py)."""
 
     def cache_hit(self, info: TokenInfo) -> None:
-        """The token was answered by the in-process cache (no span: an attribute)."""
+        """The token was answered by the in-process cache: the token lookup's span says so."""
 
     async def lookup(self, pending: Awaitable[TokenInfo]) -> TokenInfo:
         """Await the token's lookup (cache, Redis, sources) inside its own span."""
 
-    def upstream(self, method: str, upstream: str, address: str | None, port: int) -> bytes:
+    def upstream(self, method: str, upstream: str, address: str | None, port: int) -> str:
         """Start the upstream exchange's span; the `traceparent` value naming it as parent."""
 
     def end(self, status: int, reason: str | None, template: str | None) -> None:
@@ -71,7 +71,7 @@ class Recorder(Protocol):
     def start(
         self, trace: RequestTrace, method: str, path: str, host: str | None, scheme: str
     ) -> Recording | None:
-        """The request's server span; None if the SDK decides not to record it after all."""
+        """The request's server span (None: not recorded after all)."""
 
 
 class RequestTrace:
@@ -79,31 +79,45 @@ class RequestTrace:
 
     __slots__ = (
         "flags",
+        "lines",
         "parent_id",
         "recording",
         "remote",
         "trace_id",
-        "traceparent",
         "tracestate",
     )
 
-    def __init__(
-        self,
-        trace_id: str,
-        parent_id: str,
-        flags: int,
-        remote: bool,
-        traceparent: bytes,
-        tracestate: bytes | None,
-    ) -> None:
+    def __init__(self, trace_id: str, parent_id: str, flags: int, remote: bool, lines: str) -> None:
         self.trace_id = trace_id  # 32 lower-case hex digits
         self.parent_id = parent_id  # the caller's span (remote), else the id sent upstream
         self.flags = flags
         self.remote = remote  # the context came with the request
-        #: what the upstream receives: the incoming value unchanged, or the gateway's own
-        self.traceparent = traceparent
-        self.tracestate = tracestate
+        #: the header lines the upstream receives, rendered once ("traceparent: ...\r\n", then
+        #: "tracestate: ...\r\n" when there is one): the incoming values unchanged, or the
+        #: gateway's own traceparent
+        self.lines = lines
+        self.tracestate: bytes | None = None  # the valid incoming tracestate
         self.recording: Recording | None = None  # sampled: the request's spans
+
+    @property
+    def traceparent(self) -> bytes:
+        """The `traceparent` value the upstream receives."""
+        lines = self.lines
+        return lines[13 : lines.index("\r\n")].encode("latin-1")
+
+    def keep_state(self, tracestate: bytes) -> None:
+        """The incoming `tracestate` (valid) goes upstream too."""
+        self.tracestate = tracestate
+        self.lines += "tracestate: " + tracestate.decode("latin-1") + "\r\n"
+
+    def set_upstream_parent(self, traceparent: str) -> None:
+        """The upstream's parent is the gateway's span `traceparent` names (a recorded
+        request); the tracestate goes on as it came."""
+        state = self.tracestate
+        lines = "traceparent: " + traceparent + "\r\n"
+        self.lines = (
+            lines if state is None else lines + "tracestate: " + state.decode("latin-1") + "\r\n"
+        )
 
 
 def parse_traceparent(raw: bytes) -> RequestTrace | None:
@@ -123,7 +137,8 @@ def parse_traceparent(raw: bytes) -> RequestTrace | None:
     if trace_id == _ZERO_TRACE or parent_id == _ZERO_PARENT:
         return None
     flags = int(m.group(4), 16)
-    return RequestTrace(trace_id.decode(), parent_id.decode(), flags, True, value, None)
+    lines = "traceparent: " + value.decode("latin-1") + "\r\n"
+    return RequestTrace(trace_id.decode(), parent_id.decode(), flags, True, lines)
 
 
 def valid_tracestate(values: list[bytes]) -> bytes | None:
@@ -160,7 +175,9 @@ def incoming(
         return None
     trace = parse_traceparent(traceparent)
     if trace is not None and tracestates is not None:
-        trace.tracestate = valid_tracestate(tracestates)
+        state = valid_tracestate(tracestates)
+        if state is not None:
+            trace.keep_state(state)
     return trace
 
 
@@ -187,6 +204,8 @@ class RequestTracer:
         self.bound = bound if recorder is not None else 0
         #: the bound as 16 hex digits; None when it is 2**64 (every new trace is sampled)
         self.bound_hex: str | None = f"{self.bound:016x}" if self.bound < 1 << 64 else None
+        #: its first digit: a trace-id whose low half starts above it is not sampled
+        self.bound_first = self.bound_hex[0] if self.bound_hex is not None else "f"
         self._pool = ""  # random hex: 48 digits (trace-id, span-id) per new trace
         self._next = _POOL_CHARS
 
@@ -223,15 +242,19 @@ class RequestTracer:
         if trace_id == _ZERO_TRACE_TEXT or span_id == _ZERO_PARENT_TEXT:
             return self.new_trace()  # all zeros is invalid (one chance in 2**64)
         # TraceIdRatioBased: sampled when the id's low 64 bits are below the bound; as
-        # fixed-width hex, comparing the text is comparing the numbers
-        if self.bound and (self.bound_hex is None or trace_id[16:] < self.bound_hex):
-            return RequestTrace(trace_id, span_id, 1, False, _parent(trace_id, span_id, "01"), None)
-        return RequestTrace(trace_id, span_id, 0, False, _parent(trace_id, span_id, "00"), None)
-
-
-def _parent(trace_id: str, span_id: str, flags: str) -> bytes:
-    """What the upstream receives unless the request is recorded (then its client span)."""
-    return f"00-{trace_id}-{span_id}-{flags}".encode()
+        # fixed-width hex, comparing the text is comparing the numbers (the first digit
+        # alone settles most: no slice then). The upstream's parent is `span_id` unless the
+        # request is recorded (then its client span).
+        bound_hex = self.bound_hex
+        if self.bound and (
+            bound_hex is None or (trace_id[16] <= self.bound_first and trace_id[16:] < bound_hex)
+        ):
+            return RequestTrace(
+                trace_id, span_id, 1, False, f"traceparent: 00-{trace_id}-{span_id}-01\r\n"
+            )
+        return RequestTrace(
+            trace_id, span_id, 0, False, f"traceparent: 00-{trace_id}-{span_id}-00\r\n"
+        )
 
 
 # -- spans of calls made on a request's behalf ----------------------------------------------

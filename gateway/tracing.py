@@ -1,16 +1,19 @@
-"""The spans of sampled requests, made with the OpenTelemetry SDK and exported over OTLP/HTTP.
+"""The spans of sampled requests, exported over OTLP/HTTP with the OpenTelemetry SDK's exporter.
 
 Built only when `tracing.otlp_endpoint` is set (the SDK is imported then, not before). The data
 path decides sampling itself (gateway/tracecontext.py) and calls in here for sampled requests
-only: a server span per request, a child for a token lookup that does work (and, through the
-context variable `tracecontext.SCOPE`, a client span for each IdP, JWKS or Redis call it
-makes; an answer from the in-process cache is an attribute of the server span), and a client
+only: a server span per request, a child for the token lookup (an answer from the in-process
+cache too, with `gateway.cache: hit`; a lookup that does work has, through the context variable
+`tracecontext.SCOPE`, a client span for each IdP, JWKS or Redis call it makes), and a client
 span for the upstream exchange, whose id the upstream receives as parent.
 
-Export runs in the SDK's BatchSpanProcessor thread. Its queue is bounded, and a span that finds
-it full is dropped at once (never waited for); so is a batch the collector did not take (down,
-hanging past `export_timeout`, refusing). Both are counted in `gateway_spans_dropped_total`:
-the SDK has no public hook for either, so the processor and the exporter are wrapped here.
+On the data path a span is a plain record (`_Span`: names, ids as hex, start and end in ns,
+an attribute dict, kind, error): no SDK object, context, lock or processor, so a sampled
+request costs a few requests' worth rather than tens. The records go to a bounded queue; one
+export thread turns them into the SDK's `ReadableSpan`s in batches and hands them to the SDK's
+`OTLPSpanExporter`, which does the OTLP encoding and the HTTP. A record that finds the queue
+full is dropped at once (never waited for), and so is a batch the collector did not take (down,
+hanging past `export_timeout`, refusing); both are counted in `gateway_spans_dropped_total`.
 No attribute ever holds a token, a proof, a secret or a header value other than Host.
 """
 
@@ -19,20 +22,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
 import structlog
-from opentelemetry import trace as trace_api
-from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.environment_variables import OTEL_BSP_SCHEDULE_DELAY
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
 from gateway import __version__
 from gateway.authn.info import TokenInfo
@@ -49,8 +54,18 @@ _METHODS: Final = frozenset(
 )
 _EXPORT_BATCH: Final = 512
 _CLOSE_WAIT: Final = 5.0
+_SCHEDULE_DELAY_MS: Final = 5000  # between exports unless a batch fills (OTEL_BSP_SCHEDULE_DELAY)
+_ID_CHARS: Final = 16 * 256  # hex digits of span ids minted at once
+_ZERO_ID: Final = "0" * 16
 # The SDK's own export-failure and retry warnings repeat for every batch; ours say it once.
 _QUIET_LOGGERS: Final = ("opentelemetry.exporter", "opentelemetry.sdk._shared_internal")
+_SAMPLED: Final = TraceFlags(TraceFlags.SAMPLED)
+_OK: Final = Status(StatusCode.UNSET)
+_ERROR: Final = Status(StatusCode.ERROR)
+_SERVER: Final = SpanKind.SERVER
+_CLIENT: Final = SpanKind.CLIENT
+_INTERNAL: Final = SpanKind.INTERNAL
+_now = time.time_ns
 
 
 def traces_url(endpoint: str) -> str:
@@ -59,34 +74,49 @@ def traces_url(endpoint: str) -> str:
     return base if base.endswith("/v1/traces") else base + "/v1/traces"
 
 
-class _PresetIds(RandomIdGenerator):
-    """Lets a new trace keep the trace-id the data path chose (and sampled by): the next root
-    span takes `next_trace_id` once; everything else is random as usual. The data path runs on
-    one thread, and sets the id just before starting that span."""
+class _Span:
+    """One span as the data path records it: plain values only. The export thread makes the
+    SDK's `ReadableSpan` of it. The server span's parent is the caller's (remote) span when the
+    request came with a context; every other span's parent is one of the gateway's."""
 
-    def __init__(self) -> None:
-        self.next_trace_id = 0
+    __slots__ = (
+        "attributes", "end", "error", "kind", "name", "parent", "span_id", "start", "trace",
+    )  # fmt: skip
 
-    def generate_trace_id(self) -> int:
-        preset, self.next_trace_id = self.next_trace_id, 0
-        return preset or super().generate_trace_id()
+    def __init__(
+        self,
+        trace: RequestTrace,
+        name: str,
+        kind: SpanKind,
+        span_id: str,
+        parent: str | None,
+        attributes: dict[str, str | int],
+        start: int,
+    ) -> None:
+        self.trace = trace  # trace-id, tracestate, and the caller's span for the server span
+        self.name = name
+        self.kind = kind
+        self.span_id = span_id  # 16 hex digits
+        self.parent = parent  # 16 hex digits, None for the root of a new trace
+        self.attributes = attributes
+        self.start = start  # time.time_ns()
+        self.end = start
+        self.error = False  # the span's status is ERROR
 
 
 class _CountingExporter(SpanExporter):
-    """The OTLP exporter, counting what it was handed (for the queue bound) and what it lost."""
+    """The OTLP exporter, counting what it lost and logging the first failure of an episode."""
 
     def __init__(self, inner: SpanExporter, dropped: DropCounter, endpoint: str) -> None:
         self.inner = inner
         self.dropped = dropped
         self.endpoint = endpoint
-        self.handed = 0  # written by the export thread only
         self.failing = False
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        self.handed += len(spans)
         try:
             result = self.inner.export(spans)
-        except Exception:  # the SDK's thread would log and go on; count it as lost
+        except Exception:  # the export thread must go on; count the batch as lost
             result = SpanExportResult.FAILURE
         if result is SpanExportResult.SUCCESS:
             if self.failing:
@@ -106,82 +136,69 @@ class _CountingExporter(SpanExporter):
         return self.inner.force_flush(timeout_millis)
 
 
-class _BoundedProcessor(SpanProcessor):
-    """BatchSpanProcessor behind a count of the spans it holds: one that would overflow its
-    queue is dropped here and counted (the SDK would drop the oldest one, uncounted)."""
+class _Resource(Resource):
+    """The service's resource, hashed once: the SDK's encoder groups every span by resource,
+    and `Resource.__hash__` serialises the attributes to JSON each time."""
 
-    def __init__(
-        self, exporter: _CountingExporter, max_queue_size: int, dropped: DropCounter
-    ) -> None:
-        self.exporter = exporter
-        self.max_queue_size = max_queue_size
-        self.dropped = dropped
-        self.accepted = 0  # written by the data path's thread only
-        self.batch = BatchSpanProcessor(
-            exporter,
-            max_queue_size=max_queue_size,
-            max_export_batch_size=min(_EXPORT_BATCH, max_queue_size),
-        )
+    def __init__(self, resource: Resource) -> None:
+        super().__init__(resource.attributes, resource.schema_url)
+        self._hash = super().__hash__()
 
-    def on_end(self, span: ReadableSpan) -> None:
-        if self.accepted - self.exporter.handed >= self.max_queue_size:
-            self.dropped("queue_full", 1)
-            return
-        self.accepted += 1
-        self.batch.on_end(span)
+    def __hash__(self) -> int:
+        return self._hash
 
-    def shutdown(self) -> None:
-        self.batch.shutdown()  # type: ignore[no-untyped-call]
+    def __eq__(self, other: object) -> bool:
+        return other is self or super().__eq__(other)
 
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self.batch.force_flush(timeout_millis)
+
+def _schedule_delay() -> float:
+    """Seconds between exports of a queue that did not fill a batch (the SDK's variable)."""
+    try:
+        return max(int(os.environ.get(OTEL_BSP_SCHEDULE_DELAY, _SCHEDULE_DELAY_MS)), 1) / 1000
+    except ValueError:
+        return _SCHEDULE_DELAY_MS / 1000
 
 
 class SpanRecorder:
-    """The SDK's provider, sampler, exporter and batch processor for one `tracing:` config;
-    starts the recording of a sampled request (`tracecontext.Recorder`)."""
+    """The span records' bounded queue and the thread exporting them (with the SDK's OTLP/HTTP
+    exporter) for one `tracing:` config; starts the recording of a sampled request
+    (`tracecontext.Recorder`)."""
 
     def __init__(self, cfg: TracingConfig, dropped: DropCounter) -> None:
         assert cfg.otlp_endpoint is not None
         self.cfg = cfg
         for name in _QUIET_LOGGERS:
             logging.getLogger(name).setLevel(logging.CRITICAL)
-        self.ids = _PresetIds()
         self.bound = TraceIdRatioBased.get_bound_for_rate(cfg.sample_ratio)
-        resource = Resource.create(
-            {"service.name": cfg.service_name, "service.version": __version__}
+        self.resource = _Resource(
+            Resource.create({"service.name": cfg.service_name, "service.version": __version__})
         )
-        self.provider = TracerProvider(
-            sampler=ParentBased(TraceIdRatioBased(cfg.sample_ratio)),
-            resource=resource,
-            id_generator=self.ids,
-            shutdown_on_exit=False,  # close() bounds the wait; an exit must never hang on it
-        )
+        self.scope = InstrumentationScope("oauth-gateway", __version__)
         url = traces_url(cfg.otlp_endpoint)
         self.exporter = _CountingExporter(
             OTLPSpanExporter(endpoint=url, timeout=cfg.export_timeout), dropped, url
         )
-        self.processor = _BoundedProcessor(self.exporter, cfg.max_queue_size, dropped)
-        self.provider.add_span_processor(self.processor)
-        self.tracer = self.provider.get_tracer("oauth-gateway", __version__)
+        self.dropped = dropped
+        self.max_queue_size = cfg.max_queue_size
+        self.batch_size = min(_EXPORT_BATCH, cfg.max_queue_size)
+        self.queue: deque[_Span] = deque()  # appended by the data path, taken by the thread
+        self.open = True  # False once closing: later spans are not queued (nor counted)
+        self._ids = ""  # random hex: 16 digits per span id
+        self._next_id = _ID_CHARS
+        self._wake = threading.Event()
+        self._flushes: deque[threading.Event] = deque()  # flush() calls waiting
+        self._delay = _schedule_delay()
+        self._stopped: Callable[[], None] | None = None
+        self._thread = threading.Thread(target=self._run, name="gateway-span-export", daemon=True)
+        self._thread.start()
 
+    # -------------------------------------------------------------- the data path's side
     def start(
         self, trace: RequestTrace, method: str, path: str, host: str | None, scheme: str
-    ) -> SpanRecording | None:
+    ) -> SpanRecording:
         """The server span of a sampled request: a child of the incoming context, or the root
-        of the new trace the data path started (same trace-id, so the same sampling)."""
-        if trace.remote:
-            parent = trace_api.SpanContext(
-                int(trace.trace_id, 16),
-                int(trace.parent_id, 16),
-                is_remote=True,
-                trace_flags=trace_api.TraceFlags(trace.flags),
-                trace_state=_trace_state(trace.tracestate),
-            )
-            context = trace_api.set_span_in_context(trace_api.NonRecordingSpan(parent))
-        else:
-            self.ids.next_trace_id = int(trace.trace_id, 16)
-            context = Context()  # a root: nothing inherited from whatever runs now
+        of the new trace the data path started (its span-id, minted with the trace-id, is the
+        server span's)."""
         known = method in _METHODS
         attributes: dict[str, str | int] = {
             "http.request.method": method if known else "_OTHER",
@@ -195,33 +212,110 @@ class SpanRecorder:
             attributes["server.address"] = address
             if port:
                 attributes["server.port"] = port
+        name = method if known else "HTTP"
+        if trace.remote:  # a new span-id, the caller's span as parent
+            span_id, parent = self.span_id(), trace.parent_id
+        else:
+            span_id, parent = trace.parent_id, None
+        server = _Span(trace, name, _SERVER, span_id, parent, attributes, _now())
+        return SpanRecording(self, server)
+
+    def span_id(self) -> str:
+        """A new span-id (16 hex digits) from a block of random hex (one `os.urandom` per 256)."""
+        at = self._next_id
+        if at >= _ID_CHARS:
+            self._ids = os.urandom(_ID_CHARS // 2).hex()
+            at = 0
+        self._next_id = at + 16
+        span_id = self._ids[at : at + 16]
+        return span_id if span_id != _ZERO_ID else self.span_id()
+
+    def push(self, span: _Span) -> None:
+        """Queue an ended span for export, or drop it (counted) when the queue is full; once
+        closing, a span is neither queued nor counted."""
+        queue = self.queue
+        if len(queue) < self.max_queue_size:
+            if self.open:
+                queue.append(span)
+                if len(queue) >= self.batch_size and not self._wake.is_set():
+                    self._wake.set()  # a full batch: export now
+        elif self.open:
+            self.dropped("queue_full", 1)
+
+    # -------------------------------------------------------------- the export thread
+    def _run(self) -> None:
+        wake, queue = self._wake, self.queue
+        while True:
+            wake.wait(self._delay)
+            wake.clear()
+            flushes = [self._flushes.popleft() for _ in range(len(self._flushes))]
+            stopping = self._stopped is not None
+            while queue:
+                count = min(len(queue), self.batch_size)
+                batch = [self._readable(queue.popleft()) for _ in range(count)]
+                self.exporter.export(batch)
+            for flushed in flushes:
+                flushed.set()
+            if stopping:
+                break
         try:
-            span = self.tracer.start_span(
-                method if known else "HTTP", context, SpanKind.SERVER, attributes
-            )
-        except Exception:  # tracing must never fail a request
-            log.exception("span_start_failed")
-            return None
+            self.exporter.shutdown()
         finally:
-            self.ids.next_trace_id = 0
-        if not span.is_recording():
-            return None
-        return SpanRecording(self, span, method if known else "HTTP")
+            stopped = self._stopped
+            if stopped is not None:
+                stopped()
+
+    def _readable(self, span: _Span) -> ReadableSpan:
+        """The SDK's span of a record (in the export thread only)."""
+        trace = span.trace
+        trace_id = int(trace.trace_id, 16)
+        state = _trace_state(trace.tracestate)
+        parent = None
+        if span.parent is not None:
+            remote = span.kind is _SERVER  # only the server span has the caller's as parent
+            parent = SpanContext(
+                trace_id,
+                int(span.parent, 16),
+                is_remote=remote,
+                trace_flags=TraceFlags(trace.flags) if remote else _SAMPLED,
+                trace_state=state,
+            )
+        return ReadableSpan(
+            name=span.name,
+            context=SpanContext(
+                trace_id, int(span.span_id, 16), False, trace_flags=_SAMPLED, trace_state=state
+            ),
+            parent=parent,
+            resource=self.resource,
+            attributes=span.attributes,
+            kind=span.kind,
+            status=_ERROR if span.error else _OK,
+            start_time=span.start,
+            end_time=span.end,
+            instrumentation_scope=self.scope,
+        )
+
+    def flush(self, timeout: float) -> bool:
+        """Export what is queued now; blocks until done or `timeout` (bench and tests)."""
+        done = threading.Event()
+        self._flushes.append(done)
+        self._wake.set()
+        return done.wait(timeout)
 
     async def close(self) -> None:
         """Export what is queued (waiting `export_timeout`, at most 5 s), then stop; a
         collector that does not answer is given up on (its spans are lost), not waited for."""
         timeout = min(self.cfg.export_timeout, _CLOSE_WAIT)
-        done = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
 
-        def shutdown() -> None:
-            try:
-                self.provider.shutdown()
-            finally:
-                with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
-                    done.get_loop().call_soon_threadsafe(_set_done, done)
+        def stopped() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+                loop.call_soon_threadsafe(_set_done, done)
 
-        threading.Thread(target=shutdown, name="gateway-span-shutdown", daemon=True).start()
+        self.open = False
+        self._stopped = stopped
+        self._wake.set()
         try:
             await asyncio.wait_for(asyncio.shield(done), timeout)
         except TimeoutError:
@@ -234,10 +328,10 @@ def _set_done(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-def _trace_state(raw: bytes | None) -> trace_api.TraceState | None:
+def _trace_state(raw: bytes | None) -> TraceState | None:
     if raw is None:
         return None
-    return trace_api.TraceState.from_header([raw.decode("ascii", "replace")])
+    return TraceState.from_header([raw.decode("ascii", "replace")])
 
 
 def _split_host(host: str) -> tuple[str, int]:
@@ -251,52 +345,58 @@ def _split_host(host: str) -> tuple[str, int]:
 class SpanRecording:
     """The spans of one sampled request (`tracecontext.Recording`)."""
 
-    __slots__ = ("_cache", "_client", "_context", "_method", "_recorder", "_server")
+    __slots__ = ("_client", "_recorder", "_server")
 
-    def __init__(self, recorder: SpanRecorder, server: Span, method: str) -> None:
+    def __init__(self, recorder: SpanRecorder, server: _Span) -> None:
         self._recorder = recorder
         self._server = server
-        self._method = method
-        self._context = trace_api.set_span_in_context(server)
-        self._client: Span | None = None
-        self._cache = ""
+        self._client: _Span | None = None
 
     def cache_hit(self, info: TokenInfo) -> None:
-        # No child span for a dictionary lookup: the SDK's span costs several whole requests
-        # (measured: bench/instructions.py, README). The server span says where the answer was.
-        self._identified(info, "hit")
+        # the token lookup's span: the in-process cache answered (a dictionary lookup, under a
+        # microsecond: the span marks the moment)
+        recorder, server = self._recorder, self._server
+        attributes: dict[str, str | int] = {
+            "gateway.cache": "hit",
+            "gateway.token_source": info.source,
+        }
+        span = _Span(
+            server.trace, "token lookup", _INTERNAL, recorder.span_id(), server.span_id,
+            attributes, _now(),
+        )  # fmt: skip
+        recorder.push(span)
+        self._identified(info)
 
     async def lookup(self, pending: Awaitable[TokenInfo]) -> TokenInfo:
-        span = self._recorder.tracer.start_span(
-            "token lookup", self._context, attributes={"gateway.cache": "miss"}
-        )
-        scope = _Scope(self._recorder, span)
-        token = SCOPE.set(scope)
+        recorder, server = self._recorder, self._server
+        span = _Span(
+            server.trace, "token lookup", _INTERNAL, recorder.span_id(), server.span_id,
+            {"gateway.cache": "miss"}, _now(),
+        )  # fmt: skip
+        token = SCOPE.set(_Scope(recorder, span))
         try:
             info = await pending
         except BaseException as exc:
             _fail(span, error_type(exc))
-            span.end()
-            self._server.set_attribute("gateway.cache", scope.cache)
+            span.end = _now()
+            recorder.push(span)
             raise
         finally:
             SCOPE.reset(token)
-        span.set_attribute("gateway.token_source", info.source)
-        span.end()
-        self._identified(info, scope.cache)
+        span.attributes["gateway.token_source"] = info.source
+        span.end = _now()
+        recorder.push(span)
+        self._identified(info)
         return info
 
-    def _identified(self, info: TokenInfo, cache: str) -> None:
-        attributes = {
-            "gateway.cache": cache,
-            "gateway.token_source": info.source,
-            "gateway.grant": info.grant,
-        }
+    def _identified(self, info: TokenInfo) -> None:
+        attributes = self._server.attributes
+        attributes["gateway.grant"] = info.grant
         if info.client_id is not None:
             attributes["gateway.client_id"] = info.client_id
-        self._server.set_attributes(attributes)
 
-    def upstream(self, method: str, upstream: str, address: str | None, port: int) -> bytes:
+    def upstream(self, method: str, upstream: str, address: str | None, port: int) -> str:
+        recorder, server = self._recorder, self._server
         attributes: dict[str, str | int] = {
             "http.request.method": method if method in _METHODS else "_OTHER",
             "gateway.upstream": upstream,
@@ -304,76 +404,83 @@ class SpanRecording:
         if address is not None:
             attributes["server.address"] = address
             attributes["server.port"] = port
-        span = self._recorder.tracer.start_span(
-            self._method, self._context, SpanKind.CLIENT, attributes
+        span_id = recorder.span_id()
+        trace = server.trace
+        self._client = _Span(
+            trace, server.name, _CLIENT, span_id, server.span_id, attributes, _now()
         )
-        self._client = span
-        ctx = span.get_span_context()
-        # version 00 defines the sampled flag only (the SDK also sets Level 2's random flag)
-        return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags & 1:02x}".encode()
+        # version 00, sampled: the request is recorded
+        return f"00-{trace.trace_id}-{span_id}-01"
 
     def end(self, status: int, reason: str | None, template: str | None) -> None:
+        recorder = self._recorder
+        now = _now()
         client = self._client
         if client is not None:
             if reason is not None:  # the gateway answered: the upstream's answer did not come
                 _fail(client, reason)
             else:
-                client.set_attribute("http.response.status_code", status)
+                client.attributes["http.response.status_code"] = status
                 if status >= 400:
                     _fail(client, str(status))
-            client.end()
+            client.end = now
+            recorder.push(client)
         server = self._server
-        attributes: dict[str, str | int] = {"http.response.status_code": status}
+        attributes = server.attributes
+        attributes["http.response.status_code"] = status
         if template is not None:  # the route's name is not repeated: its template names it
             attributes["http.route"] = template
-            server.update_name(f"{self._method} {template}")
+            server.name = f"{server.name} {template}"
         if reason is not None:
             attributes["gateway.reason"] = reason
-        server.set_attributes(attributes)  # one call: each costs the SDK a lock and a check
         if status >= 500:
             _fail(server, reason or str(status))
-        server.end()
+        server.end = now
+        recorder.push(server)
 
 
-def _fail(span: Span, error: str) -> None:
-    span.set_attribute("error.type", error)
-    span.set_status(Status(StatusCode.ERROR))
+def _fail(span: _Span, error: str) -> None:
+    span.attributes["error.type"] = error
+    span.error = True
 
 
 class _Scope:
     """A token lookup in progress (`tracecontext.SpanScope`): the calls it makes are its
     children; the validator notes where the answer came from."""
 
-    __slots__ = ("cache", "recorder", "span")
+    __slots__ = ("recorder", "span")
 
-    def __init__(self, recorder: SpanRecorder, span: Span) -> None:
+    def __init__(self, recorder: SpanRecorder, span: _Span) -> None:
         self.recorder = recorder
         self.span = span
-        self.cache = "miss"
 
     def child(self, name: str, attributes: dict[str, str | int]) -> ChildSpan:
-        context = trace_api.set_span_in_context(self.span)
-        kind = SpanKind.CLIENT
-        return _Child(self.recorder.tracer.start_span(name, context, kind, attributes))
+        parent = self.span
+        span = _Span(
+            parent.trace, name, _CLIENT, self.recorder.span_id(), parent.span_id,
+            dict(attributes), _now(),
+        )  # fmt: skip
+        return _Child(self.recorder, span)
 
     def note(self, key: str, value: str) -> None:
-        if key == "gateway.cache":
-            self.cache = value
-        self.span.set_attribute(key, value)
+        self.span.attributes[key] = value
 
 
 class _Child:
     """One IdP, JWKS or Redis call (`tracecontext.ChildSpan`)."""
 
-    __slots__ = ("span",)
+    __slots__ = ("recorder", "span")
 
-    def __init__(self, span: Span) -> None:
+    def __init__(self, recorder: SpanRecorder, span: _Span) -> None:
+        self.recorder = recorder
         self.span = span
 
     def set(self, key: str, value: str | int) -> None:
-        self.span.set_attribute(key, value)
+        self.span.attributes[key] = value
 
     def end(self, error: str | None) -> None:
+        span = self.span
         if error is not None:
-            _fail(self.span, error)
-        self.span.end()
+            _fail(span, error)
+        span.end = _now()
+        self.recorder.push(span)

@@ -241,10 +241,6 @@ def upstream_request(
         # no `tracing:` (it gives every request a context first): a valid context is passed on
         # as it came, an invalid one is dropped; its trace-id goes to the access log
         trace = ex.trace = incoming(parent, parents, states)
-    if trace is not None:
-        kept.append((TRACEPARENT, trace.traceparent))
-        if trace.tracestate is not None:
-            kept.append((TRACESTATE, trace.tracestate))
     host = head.host or ""
     ip = ex.client_ip
     added = identity_block(info) if info is not None else b""
@@ -264,4 +260,5 @@ def upstream_request(
         ex.body_mode,
         ex.content_length,
         added,
+        trace.lines if trace is not None else "",
     )

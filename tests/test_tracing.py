@@ -264,9 +264,9 @@ async def test_no_context_no_header_without_tracing(echo_upstream, make_gateway,
 
 
 async def test_spans_of_a_token_request(echo_upstream, make_gateway, otlp_receiver, capfd):
-    """A request on a token route: a server span, a token-lookup child (a cache miss; a hit
-    from the in-process cache is an attribute of the server span, no child), and a client span
-    for the upstream exchange, which the upstream gets as its parent."""
+    """A request on a token route: a server span, a token-lookup child (a cache miss, then a
+    hit from the in-process cache: a child all the same, saying so), and a client span for the
+    upstream exchange, which the upstream gets as its parent."""
     gw = await make_gateway(config(echo_upstream.url, traced(otlp_receiver)))
     token = await issue(gw)
     auth = {"Authorization": f"Bearer {token}"}
@@ -287,14 +287,15 @@ async def test_spans_of_a_token_request(echo_upstream, make_gateway, otlp_receiv
         "url.scheme": "http",
         "server.address": "127.0.0.1",
         "server.port": gw.port,
-        "gateway.cache": "miss",
-        "gateway.token_source": "store",
         "gateway.grant": "authorization_code",
         "gateway.client_id": APP_ID,
         "http.response.status_code": 200,
         "http.route": "/api/*",
     }
     assert lookup["attributes"] == {"gateway.cache": "miss", "gateway.token_source": "store"}
+    assert lookup["kind"] == "internal" and lookup["status_code"] == 0
+    assert server["start_ns"] <= lookup["start_ns"] <= lookup["end_ns"] <= server["end_ns"]
+    assert server["start_ns"] <= client["start_ns"] <= client["end_ns"] <= server["end_ns"]
     assert client["attributes"]["gateway.upstream"] == "api"
     assert client["attributes"]["server.port"] == echo_upstream.server.port
     assert client["attributes"]["http.response.status_code"] == 200
@@ -308,10 +309,14 @@ async def test_spans_of_a_token_request(echo_upstream, make_gateway, otlp_receiv
     await fetch(gw.url + "/api/items/2", auth)  # now cached in process
     spans = await otlp_receiver.wait_for(lambda s: len(s) >= 5)
     second = [s for s in spans if s["trace_id"] != server["trace_id"]]
-    assert sorted(s["name"] for s in second) == ["GET", "GET /api/*"]
-    (hit,) = by_name(second, "GET /api/*")
-    assert hit["attributes"]["gateway.cache"] == "hit"
-    assert hit["attributes"]["gateway.token_source"] == "store"
+    assert sorted(s["name"] for s in second) == ["GET", "GET /api/*", "token lookup"]
+    (again,) = by_name(second, "GET /api/*")
+    (hit,) = by_name(second, "token lookup")
+    assert hit["parent_span_id"] == again["span_id"] and hit["kind"] == "internal"
+    assert hit["attributes"] == {"gateway.cache": "hit", "gateway.token_source": "store"}
+    assert again["start_ns"] <= hit["start_ns"] <= hit["end_ns"] <= again["end_ns"]
+    assert again["attributes"]["gateway.client_id"] == APP_ID
+    assert len({s["span_id"] for s in spans}) == len(spans) == 6
 
 
 async def test_sampled_incoming_context_is_followed(echo_upstream, make_gateway, otlp_receiver):
@@ -326,7 +331,9 @@ async def test_sampled_incoming_context_is_followed(echo_upstream, make_gateway,
     (client,) = by_name(spans, "GET")
     assert server["trace_id"] == TRACE
     assert server["parent_span_id"] == PARENT
-    assert server["trace_state"] == "rojo=1"
+    assert server["flags"] == 0x300  # the parent is known to be remote (OTLP SpanFlags)
+    assert client["flags"] == 0x100  # the parent is known to be local
+    assert server["trace_state"] == client["trace_state"] == "rojo=1"
     assert received(body, "traceparent") == [traceparent("01", parent=client["span_id"])]
     assert received(body, "tracestate") == ["rojo=1"]
 
@@ -411,6 +418,24 @@ async def test_refused_and_failed_requests_are_spans_too(make_gateway, otlp_rece
     assert failed["status_code"] == 2  # STATUS_CODE_ERROR
     assert client["parent_span_id"] == failed["span_id"]
     assert client["attributes"]["error.type"] == failed["attributes"]["gateway.reason"]
+
+
+async def test_failed_lookup_is_an_error_span(echo_upstream, make_gateway, otlp_receiver):
+    """A token no source knows: the lookup's span ends in error with the refusal's reason, the
+    401 server span names it too (a 4xx is no server error), and nothing went upstream."""
+    gw = await make_gateway(config(echo_upstream.url, traced(otlp_receiver)))
+    unknown = {"Authorization": "Bearer NeverIssuedTokenValue0123456789"}
+    status, _ = await fetch(gw.url + "/api/x", unknown)
+    assert status == 401
+    spans = await otlp_receiver.wait_for(lambda s: len(s) >= 2)
+    (server,) = by_name(spans, "GET /api/*")
+    (lookup,) = by_name(spans, "token lookup")
+    assert lookup["parent_span_id"] == server["span_id"]
+    assert lookup["status_code"] == 2  # STATUS_CODE_ERROR
+    reason = server["attributes"]["gateway.reason"]
+    assert lookup["attributes"] == {"gateway.cache": "miss", "error.type": reason}
+    assert server["status_code"] == 0 and server["attributes"]["http.response.status_code"] == 401
+    assert len(spans) == 2 and echo_upstream.requests == 0
 
 
 async def test_idp_and_redis_calls_are_children_of_the_lookup(

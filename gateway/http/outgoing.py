@@ -16,7 +16,8 @@ class OutgoingRequest:
     `host` is empty when the client sent none (HTTP/1.0): the target's authority is sent.
     `forwarded_proto` / `forwarded_host` are None when a trusted proxy's own copy is among
     `headers` (or, for the host, when there is none to tell); `added` holds extra header lines
-    the gateway adds (the identity headers, rendered once per token). Built once per request;
+    the gateway adds (the identity headers, rendered once per token), `trace_lines` the trace
+    context's (gateway/tracecontext.py `RequestTrace.lines`). Built once per request;
     rendered once per upstream attempt (a retry on a fresh connection may go to another target
     with another base path)."""
 
@@ -33,6 +34,7 @@ class OutgoingRequest:
         "path",
         "query",
         "request_id",
+        "trace_lines",
     )
 
     def __init__(
@@ -49,6 +51,7 @@ class OutgoingRequest:
         body_mode: int,
         content_length: int,
         added: bytes,
+        trace_lines: str = "",
     ) -> None:
         self.method = method
         self.path = path
@@ -62,6 +65,7 @@ class OutgoingRequest:
         self.body_mode = body_mode
         self.content_length = content_length
         self.added = added
+        self.trace_lines = trace_lines  # traceparent / tracestate lines, rendered upstream
 
     @property
     def chunked(self) -> bool:
@@ -85,7 +89,7 @@ class OutgoingRequest:
             (
                 f"{self.method} {target} HTTP/1.1\r\nhost: {host}\r\nx-forwarded-for: "
                 f"{self.forwarded_for}\r\nx-request-id: {self.request_id}\r\n"
-                f"{proto_line}{host_line}"
+                f"{proto_line}{host_line}{self.trace_lines}"
             ).encode("latin-1")
         ]
         for name, value in self.headers:
