@@ -1,10 +1,9 @@
-"""Authentication: which active token a request carries (SPEC sections 2 `tokens`, 4, 6, 9).
+"""Authentication: which active token a request carries (docs/configuration.md `tokens`).
 
-`TokenValidator.peek(token)` answers from the in-process cache without I/O;
+`validator.TokenValidator.peek(token)` answers from the in-process cache without I/O;
 `await TokenValidator.validate(token)` asks the shared cache and the sources behind it.
+
+Nothing is imported here: `gateway.authn.info` (TokenInfo) is read by modules the validator
+itself depends on (the Redis connection's spans), so importing the validator from the package
+would make `import gateway.redis_conn` circular.
 """
-
-from gateway.authn.info import TokenInfo
-from gateway.authn.validator import TokenValidator
-
-__all__ = ["TokenInfo", "TokenValidator"]
