@@ -30,8 +30,9 @@ _CONNECTION_OPTIONS: Final = frozenset({b"close", b"keep-alive"})
 _NO_TOKENS: Final[frozenset[bytes]] = frozenset()
 _JOIN_LIMIT: Final = 64 * 1024  # below this, pieces are joined into one write; above, writelines
 _WEBSOCKET_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 1.3
-#: An answer's head may hold at most this many fields and bytes of names and values (llhttp
-#: sets no bound): an upstream that sends more gets 502, not the gateway's memory.
+#: An answer's head may hold at most this many fields, and a head still incomplete after this
+#: many bytes is refused (llhttp sets no bound, and httptools buffers a field until it ends):
+#: an upstream that sends more gets 502, not the gateway's memory.
 MAX_RESPONSE_FIELDS: Final = 500
 MAX_RESPONSE_HEAD_BYTES: Final = 64 * 1024
 
@@ -78,7 +79,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._chunked_body = False
         self._head_request = False
         self._headers: list[tuple[bytes, bytes]] = []
-        self._head_bytes = 0  # of the names and values of the head being read
+        self._head_bytes = 0  # read while the answer's head is incomplete
         self._got_bytes = False
         self._head_done = False
         self._informational = False
@@ -140,6 +141,11 @@ class UpstreamConnection(asyncio.Protocol):
                 else UpstreamError("upstream_bad_response")
             )
             self.close()
+        if not self._head_done:  # (rare) the head goes on past this read: bounded
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_RESPONSE_HEAD_BYTES and self.ex is not None:
+                self._fail(UpstreamError("upstream_head_too_large"))
+                self.close()
         ex = self.ex
         if ex is not None:
             if self._skip_rest:
@@ -283,8 +289,7 @@ class UpstreamConnection(asyncio.Protocol):
     # the header list is replaced once a head has been used.
     def on_header(self, name: bytes, value: bytes) -> None:
         headers = self._headers
-        self._head_bytes += len(name) + len(value)
-        if len(headers) >= MAX_RESPONSE_FIELDS or self._head_bytes > MAX_RESPONSE_HEAD_BYTES:
+        if len(headers) >= MAX_RESPONSE_FIELDS:
             raise UpstreamError("upstream_head_too_large")  # httptools: HttpParserCallbackError
         headers.append((wire.lower_name(name), value))
 
