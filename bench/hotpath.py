@@ -78,7 +78,12 @@ def deterministic_urandom(n: int) -> bytes:
     share below any bound is the bound's share of 2**64 within a fraction of a percent over any
     few thousand consecutive words, so a trace-id's low 64 bits sample `sample_ratio` exactly.
     The words are made once (start-up, which callgrind's difference cancels): a call is a slice."""
-    global _weyl_at
+    global _weyl_at, _WEYL
+    if not _WEYL:  # made on first use (start-up, which callgrind's difference cancels)
+        _WEYL = b"".join(
+            ((k * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "big")
+            for k in range(1, 1 << 17)
+        )
     if _weyl_at + n > len(_WEYL):
         _weyl_at = 0
     out = _WEYL[_weyl_at : _weyl_at + n]
@@ -86,9 +91,7 @@ def deterministic_urandom(n: int) -> bytes:
     return out
 
 
-_WEYL = b"".join(
-    ((k * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "big") for k in range(1, 1 << 17)
-)
+_WEYL = b""  # only runs with --otlp make it: a megabyte made at import moved every count
 _weyl_at = 0
 
 
