@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib.util
 import os
 
-from setuptools import setup
+from setuptools import Extension, setup
 
 NATIVE_MODULES = [
     "gateway/authenticate.py",
@@ -44,6 +44,11 @@ NATIVE_MODULES = [
     "gateway/tracecontext.py",
     "gateway/upstream_headers.py",
 ]
+
+# C of the project's own, for the few steps where even compiled Python makes too many objects
+# (docs/ARCHITECTURE.md, "The fast path"). Each has a pure-Python twin that the tests hold it to
+# and that runs when the module is not built (GATEWAY_PURE_PYTHON=1).
+C_MODULES: list[tuple[str, str]] = []
 
 # What the compiled modules import, directly or through the modules they type-check against.
 # mypyc must see their real types: a compiled class with a base it cannot see (prometheus_client's
@@ -77,7 +82,11 @@ def ext_modules() -> list[object]:
         )
     from mypyc.build import mypycify  # a build requirement (pyproject.toml)
 
-    return list(mypycify([*MYPYC_FLAGS, *NATIVE_MODULES], group_name="gateway._native"))
+    own_c = [
+        Extension(name, [source], extra_compile_args=["-O2", "-Wall"])
+        for name, source in C_MODULES
+    ]
+    return [*mypycify([*MYPYC_FLAGS, *NATIVE_MODULES], group_name="gateway._native"), *own_c]
 
 
 setup(ext_modules=ext_modules())
