@@ -48,7 +48,9 @@ NATIVE_MODULES = [
 # C of the project's own, for the few steps where even compiled Python makes too many objects
 # (docs/ARCHITECTURE.md, "The fast path"). Each has a pure-Python twin that the tests hold it to
 # and that runs when the module is not built (GATEWAY_PURE_PYTHON=1).
-C_MODULES: list[tuple[str, str]] = []
+C_MODULES: list[tuple[str, str]] = [
+    ("gateway.http._scan", "gateway/http/_scan.c"),
+]
 
 # What the compiled modules import, directly or through the modules they type-check against.
 # mypyc must see their real types: a compiled class with a base it cannot see (prometheus_client's

@@ -32,12 +32,15 @@ from gateway.http.exchange import (
     RequestHead,
 )
 from gateway.http.head import HeadScan, absolute_form
+from gateway.http.fastscan import INCOMPLETE, scan_request
 
 log = structlog.get_logger("gateway")
 #: llhttp's method names as str, looked up instead of decoded per request
 _METHODS: Final[dict[bytes, str]] = {
     m: m.decode() for m in (b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS")
 }
+#: how a head the scanner may still take begins: a partial one is kept until it is complete
+_FAST_STARTS: Final = tuple(m + b" /" for m in _METHODS)
 Handler = Callable[[Exchange], None]  # answers now, or starts a task; ends with ex.end()
 
 
@@ -98,6 +101,12 @@ class HttpServerProtocol(ClientConnection):
         self._timer: asyncio.TimerHandle | None = None
         self._idle_deadline = 0.0
         self._body_waiters: dict[Exchange, asyncio.Future[None]] = {}
+        # The fast path (see _scan): heads the scanner takes, with their Content-Length bodies,
+        # never reach llhttp. The first head it leaves to llhttp moves the connection to llhttp
+        # for good: llhttp keeps state between messages that the scanner cannot hand back.
+        self._fast = True
+        self._head_buf = b""  # the start of a head not complete yet
+        self._body_left = 0  # bytes of a fast-path body still to come
 
     # ------------------------------------------------------------------ transport
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -144,6 +153,11 @@ class HttpServerProtocol(ClientConnection):
                 self.queue[-1].upgrade_data += data
                 self.pause_reading()
             return  # after an ignored Upgrade (h2c) nothing more is read on this connection
+        if self._fast:
+            data = self._scan(data)
+            if not data:
+                self._start_pending()
+                return
         if self._in_head:
             self._raw_head_bytes += len(data)
             limit = self.ctx.max_header_bytes + self.ctx.max_url_bytes + 1024
@@ -278,9 +292,23 @@ class HttpServerProtocol(ClientConnection):
             # the connection was closed by an answer given while this read was being parsed
             # (a body over its limit): what follows is never a request
             raise BadHttpRequestError("request_after_close")
+        p = self.parser
+        raw_method = p.get_method()
+        method = _METHODS.get(raw_method) or raw_method.decode("ascii", "replace")
+        headers = self._headers
+        scan = HeadScan(headers)
+        # Without Connection/Proxy-Connection headers llhttp's keep-alive answer is exactly
+        # "this is HTTP/1.1" (the only version with a minor > 0 it accepts), and cheaper than
+        # get_http_version(), which formats a new string.
+        if not scan.conn_headers and p.should_keep_alive():
+            version = b"1.1"
+        else:
+            version = p.get_http_version().encode()
+        self._head_parsed(self._new_exchange(method, self._url, headers, version, scan))
+
+    def _head_parsed(self, ex: Exchange) -> None:
         self._in_head = False
         self._in_trailers = True
-        ex = self._new_exchange()
         self.current = ex
         self.queue.append(ex)
         if len(self.queue) == 1:
@@ -303,24 +331,76 @@ class HttpServerProtocol(ClientConnection):
         self.wake_body_waiter(ex)
 
     # ------------------------------------------------------------ request building
-    def _new_exchange(self) -> Exchange:
-        p = self.parser
-        raw_method = p.get_method()
-        method = _METHODS.get(raw_method) or raw_method.decode("ascii", "replace")
-        headers = self._headers
-        scan = HeadScan(headers)
-        # Without Connection/Proxy-Connection headers llhttp's keep-alive answer is exactly
-        # "this is HTTP/1.1" (the only version with a minor > 0 it accepts), and cheaper than
-        # get_http_version(), which formats a new string.
-        if not scan.conn_headers and p.should_keep_alive():
-            version = b"1.1"
+    def _scan(self, data: bytes) -> bytes:
+        """The fast path: the heads gateway/http/_scan.c takes (a strict subset of HTTP/1.1,
+        nothing llhttp would read otherwise) become exchanges here, with their Content-Length
+        bodies, without llhttp and its call into Python per header. Returns what llhttp must
+        parse: from the first head the scanner leaves to it, and on this connection from then
+        on (b"": all used)."""
+        left = self._body_left
+        if left:
+            if len(data) <= left:
+                self._body_left = left - len(data)
+                self.on_body(data)
+                if not self._body_left:
+                    self.on_message_complete()
+                return b""
+            self._body_left = 0
+            self.on_body(data[:left])
+            self.on_message_complete()
+            data = data[left:]
+        buf = data
+        if self._head_buf:
+            buf = self._head_buf + data
+            self._head_buf = b""
+        ctx = self.ctx
+        pos = 0
+        size = len(buf)
+        while pos < size:
+            if self.closed:
+                return b""  # an answer ended the connection: what follows is never a request
+            found = scan_request(
+                buf, pos, ctx.max_url_bytes, ctx.max_header_bytes, ctx.max_header_count
+            )
+            if isinstance(found, int):
+                if (
+                    found == INCOMPLETE
+                    and buf.startswith(_FAST_STARTS, pos)
+                    and size - pos <= ctx.max_header_bytes + ctx.max_url_bytes
+                ):
+                    self._head_buf = buf[pos:] if pos else buf
+                    self._in_head = True  # a head has begun (lingering close, slowloris)
+                    return b""
+                break
+            end, method, url, headers, length = found
+            scan = HeadScan(headers)
+            if not scan.keep_alive(b"1.1"):
+                break  # the connection's last request: llhttp's rules for what follows it
+            self._head_parsed(self._new_exchange(method, url, headers, b"1.1", scan))
+            pos = end
+            if length > 0:
+                take = min(length, size - pos)
+                self.on_body(buf[pos : pos + take])
+                pos += take
+                if take < length:
+                    self._body_left = length - take
+                    return b""
+            self.on_message_complete()
         else:
-            version = p.get_http_version().encode()
-        if self._url.startswith(b"/"):
-            path, _, query = self._url.partition(b"?")
+            return b""
+        self._fast = False
+        self._in_head = False
+        return buf[pos:] if pos else buf
+
+    def _new_exchange(
+        self, method: str, url: bytes, headers: list[tuple[bytes, bytes]], version: bytes,
+        scan: HeadScan,
+    ) -> Exchange:  # fmt: skip
+        if url.startswith(b"/"):
+            path, _, query = url.partition(b"?")
             host: bytes | None = scan.host
         else:
-            path, query, host = absolute_form(self._url)
+            path, query, host = absolute_form(url)
         keep_alive = scan.keep_alive(version) and not self.ctx.draining
         error = (
             BadHttpRequestError("connect_not_supported")

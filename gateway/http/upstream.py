@@ -18,6 +18,7 @@ import httptools
 
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeoutError
 from gateway.http import wire
+from gateway.http.fastscan import INCOMPLETE, scan_response
 
 if TYPE_CHECKING:
     from gateway.http.exchange import ClientConnection, Exchange
@@ -92,6 +93,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._out: list[bytes] = []
         self._corked = False
         self._switching = False  # a 101 came: the tunnel opens once llhttp stops parsing
+        # the fast path (see _scan): on until the first answer the scanner leaves to llhttp
+        self._fast = True
+        self._head_buf = b""  # the start of an answer head not complete yet
+        self._body_left = 0  # bytes of a fast-path answer body still to come
         self._tunnel_client: ClientConnection | None = None
         self._tunnel_ex: Exchange | None = None
 
@@ -129,6 +134,24 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self._got_bytes = True
         self._last_activity = time.monotonic()
+        size = len(data)
+        if self._fast:
+            data = self._scan(data)
+        if data:
+            self._parse(data)
+        if not self._head_done:  # (rare) the head goes on past this read: bounded
+            self._head_bytes += size
+            if self._head_bytes > MAX_RESPONSE_HEAD_BYTES and self.ex is not None:
+                self._fail(UpstreamError("upstream_head_too_large"))
+                self.close()
+        ex = self.ex
+        if ex is not None:
+            if self._skip_rest:
+                self._complete()  # HEAD answer: its head was all of it
+            else:
+                ex.flush()  # one write to the client per read from the upstream
+
+    def _parse(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upg:
@@ -141,17 +164,54 @@ class UpstreamConnection(asyncio.Protocol):
                 else UpstreamError("upstream_bad_response")
             )
             self.close()
-        if not self._head_done:  # (rare) the head goes on past this read: bounded
-            self._head_bytes += len(data)
-            if self._head_bytes > MAX_RESPONSE_HEAD_BYTES and self.ex is not None:
-                self._fail(UpstreamError("upstream_head_too_large"))
-                self.close()
-        ex = self.ex
-        if ex is not None:
-            if self._skip_rest:
-                self._complete()  # HEAD answer: its head was all of it
-            else:
-                ex.flush()  # one write to the client per read from the upstream
+
+    def _scan(self, data: bytes) -> bytes:
+        """The fast path, as the server's (gateway/http/server.py): an answer head that
+        gateway/http/_scan.c takes (HTTP/1.1, a final status with a body of Content-Length
+        bytes, no Transfer-Encoding) and its body never reach llhttp. Returns what llhttp must
+        parse: the first answer the scanner leaves to it, and all after it on this connection
+        (b"": all used)."""
+        left = self._body_left
+        if left:
+            if len(data) > left:  # more than the answer: this connection is not reused
+                self._keep_alive = False
+                data = data[:left]
+            self._body_left = left - len(data)
+            self.on_body(data)
+            if not self._body_left:
+                self.on_message_complete()
+            return b""
+        buf = data
+        if self._head_buf:
+            buf = self._head_buf + data
+            self._head_buf = b""
+        found = scan_response(buf, 0, MAX_RESPONSE_FIELDS)
+        if isinstance(found, int):
+            if (
+                found == INCOMPLETE
+                and buf.startswith(b"HTTP/1.1 ")
+                and len(buf) <= MAX_RESPONSE_HEAD_BYTES
+            ):
+                self._head_buf = buf
+                return b""
+            self._fast = False
+            return buf
+        end, status, headers, length = found
+        self._headers = headers
+        self._head_complete(status, "1.1")
+        if self._skip_rest or self.ex is None:
+            return b""  # a HEAD answer (all of it was its head), or one nobody waits for
+        size = len(buf) - end
+        if size > length:
+            self._keep_alive = False  # more than the answer: this connection is not reused
+            size = length
+        if size:
+            self.on_body(buf[end : end + size])
+        if size < length:
+            self._body_left = length - size
+        else:
+            self.on_message_complete()
+        return b""
 
     # The upstream reads slowly: stop reading the client (request body, or tunnel bytes)
     def pause_writing(self) -> None:
@@ -294,8 +354,11 @@ class UpstreamConnection(asyncio.Protocol):
         headers.append((wire.lower_name(name), value))
 
     def on_headers_complete(self) -> None:
+        self._head_complete(self.parser.get_status_code(), None)
+
+    def _head_complete(self, status: int, version: str | None) -> None:
+        """An answer's head: `version` as the scanner read it, None to ask llhttp."""
         self._head_bytes = 0
-        status = self.parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             self._informational = True  # 100/103: not relayed, the final answer follows
             self._headers = []
@@ -326,7 +389,8 @@ class UpstreamConnection(asyncio.Protocol):
         # The version is read only when the Connection header does not decide (httptools
         # formats it into a new string on every call).
         self._keep_alive = b"close" not in tokens and (
-            b"keep-alive" in tokens or self.parser.get_http_version() == "1.1"
+            b"keep-alive" in tokens
+            or (version if version is not None else self.parser.get_http_version()) == "1.1"
         )
         if tokens and not tokens <= _CONNECTION_OPTIONS:
             named = tokens - _CONNECTION_OPTIONS  # headers listed in Connection: this hop only

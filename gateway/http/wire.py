@@ -15,6 +15,7 @@ from gateway.errors import (
     MethodNotAllowedError,
     RateLimitedError,
 )
+from gateway.http.fastscan import join_fields
 
 HOP_BY_HOP: Final = frozenset(
     {
@@ -239,8 +240,4 @@ def render_head(
     tail: bytes = b"\r\n",
 ) -> bytes:
     """Status line and header block; `tail` ends it (more header lines, then CRLF)."""
-    out = [status_line(status, version)]
-    for name, value in headers:
-        out += (name, b": ", value, b"\r\n")
-    out.append(tail)
-    return b"".join(out)
+    return join_fields(status_line(status, version), headers, tail)
