@@ -48,7 +48,7 @@ NATIVE_MODULES = [
 # C of the project's own, for the few steps where even compiled Python makes too many objects
 # (docs/ARCHITECTURE.md, "The fast path"). Each has a pure-Python twin that the tests hold it to
 # and that runs when the module is not built (GATEWAY_PURE_PYTHON=1).
-C_MODULES: list[tuple[str, str]] = []
+C_MODULES: list[tuple[str, str]] = [("gateway._access", "gateway/_access.c")]
 
 # What the compiled modules import, directly or through the modules they type-check against.
 # mypyc must see their real types: a compiled class with a base it cannot see (prometheus_client's
@@ -83,8 +83,7 @@ def ext_modules() -> list[object]:
     from mypyc.build import mypycify  # a build requirement (pyproject.toml)
 
     own_c = [
-        Extension(name, [source], extra_compile_args=["-O2", "-Wall"])
-        for name, source in C_MODULES
+        Extension(name, [source], extra_compile_args=["-O2", "-Wall"]) for name, source in C_MODULES
     ]
     return [*mypycify([*MYPYC_FLAGS, *NATIVE_MODULES], group_name="gateway._native"), *own_c]
 
