@@ -49,6 +49,7 @@ NATIVE_MODULES = [
 # (docs/ARCHITECTURE.md, "The fast path"). Each has a pure-Python twin that the tests hold it to
 # and that runs when the module is not built (GATEWAY_PURE_PYTHON=1).
 C_MODULES: list[tuple[str, str]] = [
+    ("gateway._access", "gateway/_access.c"),
     ("gateway.http._scan", "gateway/http/_scan.c"),
 ]
 
@@ -85,8 +86,7 @@ def ext_modules() -> list[object]:
     from mypyc.build import mypycify  # a build requirement (pyproject.toml)
 
     own_c = [
-        Extension(name, [source], extra_compile_args=["-O2", "-Wall"])
-        for name, source in C_MODULES
+        Extension(name, [source], extra_compile_args=["-O2", "-Wall"]) for name, source in C_MODULES
     ]
     return [*mypycify([*MYPYC_FLAGS, *NATIVE_MODULES], group_name="gateway._native"), *own_c]
 

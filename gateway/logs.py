@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from typing import IO, Any, Final, TextIO
+from collections.abc import Callable
+from typing import IO, Any, Final, TextIO, TypeAlias
 
 import orjson
 import structlog
@@ -74,7 +75,7 @@ def _literal(value: str) -> str:
     return hit
 
 
-def access_line(
+def access_line_py(
     request_id: str,
     client: str,
     method: str,
@@ -91,16 +92,22 @@ def access_line(
     write for those fields, in the same order (a property test holds it to that). Only str
     pieces go into the f-string: compiled, it is then one allocation.
 
-    `request_id` must already be JSON-safe (wire.request_id keeps or mints only
-    `A-Za-z0-9._:-`), and so must `trace_id` (32 hex digits, gateway/tracecontext.py);
-    `duration_ms` is written from whole microseconds, 3 decimals."""
+    The Python twin of gateway/_access.c (`access_line` runs the C one when it is built).
+    `request_id` is JSON-safe in practice (wire.request_id keeps or mints only `A-Za-z0-9._:-`),
+    and so is `trace_id` (32 hex digits, gateway/tracecontext.py); both are escaped anyway when
+    they are not, which costs one test each. `duration_ms` is written from whole microseconds,
+    3 decimals."""
     up = "null" if upstream is None else _literal(upstream)
     tail = "}" if reason is None else ',"reason":' + _literal(reason) + "}"
     ms = str(duration_us // 1000) + "." + str(duration_us % 1000 + 1000)[1:]
     path_literal = f'"{path}"' if _plain(path) else orjson.dumps(path).decode()
     # str() in locals, not `{status!s}`: mypyc compiles a conversion as a format() call
     status_text, sent_text = str(status), str(sent)
+    if not _plain(request_id):
+        request_id = orjson.dumps(request_id).decode()[1:-1]
     if trace_id is not None:  # inside the request_id piece: no extra piece when there is none
+        if not _plain(trace_id):
+            trace_id = orjson.dumps(trace_id).decode()[1:-1]
         request_id = request_id + '","trace_id":"' + trace_id
     return (
         f'{{"event":"access","request_id":"{request_id}","client":{_literal(client)},'
@@ -108,6 +115,54 @@ def access_line(
         f'"status":{status_text},"upstream":{up},"duration_ms":{ms},'
         f'"bytes":{sent_text}{tail}'
     ).encode()
+
+
+_CLine: TypeAlias = Callable[
+    [str, str, str, str, str, int, str | None, int, int, str | None, str | None], bytes | None
+]
+
+
+def _c_twin() -> _CLine | None:
+    """gateway._access.access_line (gateway/_access.c), or None in a build without C modules
+    (GATEWAY_PURE_PYTHON=1)."""
+    try:
+        from gateway._access import access_line as c_line
+    except ImportError:
+        return None
+    return c_line
+
+
+_C_ACCESS_LINE: Final = _c_twin()
+
+
+def access_line(
+    request_id: str,
+    client: str,
+    method: str,
+    path: str,
+    route: str,
+    status: int,
+    upstream: str | None,
+    duration_us: int,
+    sent: int,
+    reason: str | None,
+    trace_id: str | None = None,
+) -> bytes:
+    """The JSON access line of access_line_py, written by its C twin when that is built (1.7k
+    instructions a line with this call, against 6.2k; callgrind). The C one returns None for
+    what it leaves to the Python one (a str with lone surrogates, a subclass, an int outside
+    int64): that then gives the line, or raises what it raises."""
+    if _C_ACCESS_LINE is not None:
+        line = _C_ACCESS_LINE(
+            request_id, client, method, path, route, status, upstream, duration_us, sent,
+            reason, trace_id,
+        )  # fmt: skip
+        if line is not None:
+            return line
+    return access_line_py(
+        request_id, client, method, path, route, status, upstream, duration_us, sent, reason,
+        trace_id,
+    )  # fmt: skip
 
 
 class AccessLog:

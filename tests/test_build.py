@@ -34,6 +34,16 @@ def native_modules() -> list[str]:
     raise AssertionError("setup.py has no NATIVE_MODULES")
 
 
+def c_modules() -> list[tuple[str, str]]:
+    """C_MODULES as setup.py lists them: (module name, C source) of the project's own C."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "C_MODULES":
+            assert node.value is not None
+            return [(str(name), str(source)) for name, source in ast.literal_eval(node.value)]
+    raise AssertionError("setup.py has no C_MODULES")
+
+
 def test_native_modules_exist_and_cover_the_request_path() -> None:
     paths = native_modules()
     for p in paths:
@@ -52,6 +62,26 @@ def test_request_path_module_is_compiled_and_current(path: str) -> None:
     source = ROOT / path
     assert loaded.stat().st_mtime >= source.stat().st_mtime, (
         f"{loaded.name} is older than {path}: stale compiled code, run `make install`"
+    )
+
+
+def test_c_modules_exist() -> None:
+    modules = c_modules()
+    assert ("gateway._access", "gateway/_access.c") in modules
+    for name, source in modules:
+        assert (ROOT / source).is_file(), source
+        assert (ROOT / (name.replace(".", "/") + ".pyi")).is_file(), f"{name} has no type stub"
+
+
+@pytest.mark.skipif(PURE, reason="GATEWAY_PURE_PYTHON=1: the pure-Python build is under test")
+@pytest.mark.parametrize(("name", "source"), c_modules())
+def test_c_module_is_built_and_current(name: str, source: str) -> None:
+    module = importlib.import_module(name)  # an ImportError fails: `make install`
+    loaded = Path(module.__file__ or "")
+    assert loaded.name.endswith(EXT_SUFFIX), f"{name} is not an extension module"
+    assert loaded.parent == (ROOT / source).parent, f"{name} loaded from {loaded}, not the tree"
+    assert loaded.stat().st_mtime >= (ROOT / source).stat().st_mtime, (
+        f"{loaded.name} is older than {source}: stale C module, run `make install`"
     )
 
 

@@ -1,0 +1,267 @@
+/* gateway._access: the JSON access line (gateway/logs.py, access_line) written in C.
+ *
+ * The twin of gateway.logs.access_line_py, byte for byte (tests/test_access_log.py holds it to
+ * that): the same keys in the same order, str values escaped as orjson escapes them (`"`, `\`,
+ * control characters as \b \t \n \f \r or \u00xx; DEL and non-ASCII as raw UTF-8), ints in
+ * decimal, duration_ms from whole microseconds with 3 decimals (floor division, as Python's //).
+ *
+ * The line is written into a stack buffer when its worst case fits (every string byte escaped to
+ * 6 bytes), else into a heap buffer of that worst case, and copied once into the bytes object.
+ *
+ * Inputs it does not take return None instead of raising, and the caller (gateway.logs) then
+ * runs the Python twin, which gives the answer or the exception Python would: a str that is not
+ * UTF-8-encodable (lone surrogates), a str or int subclass, another type, an int outside int64.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdint.h>
+#include <string.h>
+
+#define STACK_LINE 2048
+#define INT_TEXT 20 /* "-9223372036854775808" */
+#define FIXED_MAX 256 /* the keys, quotes, commas, braces, "null", the 3 decimals: 163 bytes */
+
+/* 0: written as it is; else the second byte of its two-byte escape, or 'u' for \u00xx. */
+static const char ESCAPE[256] = {
+    'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'b', 't', 'n', 'u', 'f', 'r', 'u', 'u',
+    'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u',
+    0,   0,   '"', 0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,
+    0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,
+    0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,
+    0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   '\\', 0,  0,   0,
+    /* 0x60-0xff: nothing */
+};
+
+static const char HEX[] = "0123456789abcdef";
+
+typedef struct {
+    const char *data;
+    Py_ssize_t size;
+} text;
+
+/* The UTF-8 of an exact str; 0 when it is something else or cannot be encoded. */
+static int
+utf8_of(PyObject *obj, text *out)
+{
+    if (!PyUnicode_CheckExact(obj)) {
+        return 0;
+    }
+    if (PyUnicode_IS_COMPACT_ASCII(obj)) {
+        out->data = (const char *)PyUnicode_DATA(obj);
+        out->size = PyUnicode_GET_LENGTH(obj);
+        return 1;
+    }
+    out->data = PyUnicode_AsUTF8AndSize(obj, &out->size);
+    if (out->data == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    return 1;
+}
+
+/* An exact int within int64; 0 otherwise. */
+static int
+int64_of(PyObject *obj, long long *out)
+{
+    int overflow;
+    if (!PyLong_CheckExact(obj)) {
+        return 0;
+    }
+    *out = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    if (overflow != 0 || (*out == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return 0;
+    }
+    return 1;
+}
+
+static char *
+put(char *w, const char *s, size_t n)
+{
+    memcpy(w, s, n);
+    return w + n;
+}
+
+#define PUT_LITERAL(w, s) put((w), (s), sizeof(s) - 1)
+
+/* The string's bytes escaped as in a JSON string literal (no quotes): at most 6 bytes each. */
+static char *
+put_escaped(char *w, const text *t)
+{
+    const unsigned char *s = (const unsigned char *)t->data;
+    const unsigned char *end = s + t->size;
+    while (s < end) {
+        const unsigned char *run = s;
+        while (s < end && ESCAPE[*s] == 0) {
+            s++;
+        }
+        w = put(w, (const char *)run, (size_t)(s - run));
+        if (s == end) {
+            break;
+        }
+        *w++ = '\\';
+        *w++ = ESCAPE[*s];
+        if (ESCAPE[*s] == 'u') {
+            *w++ = '0';
+            *w++ = '0';
+            *w++ = HEX[*s >> 4];
+            *w++ = HEX[*s & 0xf];
+        }
+        s++;
+    }
+    return w;
+}
+
+static char *
+put_quoted(char *w, const text *t)
+{
+    *w++ = '"';
+    w = put_escaped(w, t);
+    *w++ = '"';
+    return w;
+}
+
+/* `value` in decimal, as str(value). */
+static char *
+put_int(char *w, long long value)
+{
+    char digits[INT_TEXT];
+    char *d = digits + sizeof(digits);
+    /* in unsigned arithmetic, so that the most negative value has a magnitude too */
+    unsigned long long magnitude =
+        value < 0 ? 0ULL - (unsigned long long)value : (unsigned long long)value;
+    do {
+        *--d = (char)('0' + magnitude % 10);
+        magnitude /= 10;
+    } while (magnitude != 0);
+    if (value < 0) {
+        *--d = '-';
+    }
+    return put(w, d, (size_t)(digits + sizeof(digits) - d));
+}
+
+
+static PyObject *
+access_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    text request_id, client, method, path, route, upstream, reason, trace_id;
+    long long status, duration_us, sent, whole_ms, us_left;
+    int has_upstream, has_reason, has_trace;
+    (void)module;
+
+    if (nargs != 10 && nargs != 11) {
+        PyErr_Format(PyExc_TypeError, "access_line takes 10 or 11 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    has_upstream = args[6] != Py_None;
+    has_reason = args[9] != Py_None;
+    has_trace = nargs == 11 && args[10] != Py_None;
+    if (!utf8_of(args[0], &request_id) || !utf8_of(args[1], &client)
+        || !utf8_of(args[2], &method) || !utf8_of(args[3], &path) || !utf8_of(args[4], &route)
+        || !int64_of(args[5], &status) || (has_upstream && !utf8_of(args[6], &upstream))
+        || !int64_of(args[7], &duration_us) || !int64_of(args[8], &sent)
+        || (has_reason && !utf8_of(args[9], &reason))
+        || (has_trace && !utf8_of(args[10], &trace_id))) {
+        Py_RETURN_NONE; /* the Python twin's business */
+    }
+
+    /* The worst case: the keys and punctuation, four ints, every string byte escaped to 6. */
+    size_t strings = (size_t)request_id.size + (size_t)client.size + (size_t)method.size
+                     + (size_t)path.size + (size_t)route.size
+                     + (has_upstream ? (size_t)upstream.size : 0)
+                     + (has_reason ? (size_t)reason.size : 0)
+                     + (has_trace ? (size_t)trace_id.size : 0);
+    if (strings > ((size_t)PY_SSIZE_T_MAX - FIXED_MAX - 4 * INT_TEXT) / 6) {
+        return PyErr_NoMemory();
+    }
+    size_t bound = FIXED_MAX + 4 * INT_TEXT + 6 * strings;
+    char stack[STACK_LINE];
+    char *buf = stack;
+    if (bound > sizeof(stack)) {
+        buf = PyMem_Malloc(bound);
+        if (buf == NULL) {
+            return PyErr_NoMemory();
+        }
+    }
+
+    char *w = buf;
+    w = PUT_LITERAL(w, "{\"event\":\"access\",\"request_id\":\"");
+    w = put_escaped(w, &request_id);
+    if (has_trace) {
+        w = PUT_LITERAL(w, "\",\"trace_id\":\"");
+        w = put_escaped(w, &trace_id);
+    }
+    w = PUT_LITERAL(w, "\",\"client\":");
+    w = put_quoted(w, &client);
+    w = PUT_LITERAL(w, ",\"method\":");
+    w = put_quoted(w, &method);
+    w = PUT_LITERAL(w, ",\"path\":");
+    w = put_quoted(w, &path);
+    w = PUT_LITERAL(w, ",\"route\":");
+    w = put_quoted(w, &route);
+    w = PUT_LITERAL(w, ",\"status\":");
+    w = put_int(w, status);
+    w = PUT_LITERAL(w, ",\"upstream\":");
+    if (has_upstream) {
+        w = put_quoted(w, &upstream);
+    }
+    else {
+        w = PUT_LITERAL(w, "null");
+    }
+    /* floor division and a non-negative remainder, as Python's // and % */
+    whole_ms = duration_us / 1000;
+    us_left = duration_us % 1000;
+    if (us_left < 0) {
+        us_left += 1000;
+        whole_ms -= 1;
+    }
+    w = PUT_LITERAL(w, ",\"duration_ms\":");
+    w = put_int(w, whole_ms);
+    *w++ = '.';
+    *w++ = (char)('0' + us_left / 100);
+    *w++ = (char)('0' + us_left / 10 % 10);
+    *w++ = (char)('0' + us_left % 10);
+    w = PUT_LITERAL(w, ",\"bytes\":");
+    w = put_int(w, sent);
+    if (has_reason) {
+        w = PUT_LITERAL(w, ",\"reason\":");
+        w = put_quoted(w, &reason);
+    }
+    *w++ = '}';
+
+    PyObject *line = PyBytes_FromStringAndSize(buf, w - buf);
+    if (buf != stack) {
+        PyMem_Free(buf);
+    }
+    return line;
+}
+
+static PyMethodDef methods[] = {
+    {"access_line", (PyCFunction)(void (*)(void))access_line, METH_FASTCALL,
+     "access_line(request_id, client, method, path, route, status, upstream, duration_us, sent,"
+     " reason, trace_id=None, /)\n--\n\n"
+     "The JSON access line as bytes (gateway.logs.access_line_py's twin), or None for an input "
+     "left to the Python twin (a str that is not UTF-8-encodable, a subclass, an int outside "
+     "int64)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyModuleDef_Slot slots[] = {
+    {0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "gateway._access",
+    .m_doc = "The JSON access line in C (gateway/logs.py has its Python twin).",
+    .m_size = 0,
+    .m_methods = methods,
+    .m_slots = slots,
+};
+
+PyMODINIT_FUNC
+PyInit__access(void)
+{
+    return PyModuleDef_Init(&module_def);
+}
