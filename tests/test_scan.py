@@ -12,7 +12,7 @@ number of examples per test; a longer hunt raises it, e.g.
 
     FUZZ_EXAMPLES=20000 .venv/bin/pytest tests/test_scan.py -p no:cacheprovider --timeout=0 -q
 
-(add GATEWAY_PURE_PYTHON=1 to fuzz the twin alone when the C module is not built).
+(without the C module, in a GATEWAY_PURE_PYTHON=1 build, the twin alone is held to llhttp).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def scanner(request: pytest.FixtureRequest) -> ModuleType:
     strict=False,
 )
 def test_c_scanner_is_built_unless_pure_python() -> None:
-    """A compiled build must have the C scanner: the tests above would otherwise skip it."""
+    """A compiled build must have the C scanner: its parametrizations would skip silently."""
     assert PURE or C_SCAN is not None, "gateway.http._scan is missing: `make install`"
 
 
