@@ -83,8 +83,7 @@ def ext_modules() -> list[object]:
     from mypyc.build import mypycify  # a build requirement (pyproject.toml)
 
     own_c = [
-        Extension(name, [source], extra_compile_args=["-O2", "-Wall"])
-        for name, source in C_MODULES
+        Extension(name, [source], extra_compile_args=["-O2", "-Wall"]) for name, source in C_MODULES
     ]
     return [*mypycify([*MYPYC_FLAGS, *NATIVE_MODULES], group_name="gateway._native"), *own_c]
 
