@@ -134,6 +134,9 @@ static int scan_fields(const unsigned char *p, const unsigned char *blank, Py_ss
     Py_ssize_t count = 0, total = 0;
     int lengths = 0;
     *length = -1;
+    if (max_count < 0 || max_bytes < 0) {
+        return 0; /* even no field is within such limits */
+    }
     while (p < blank) {
         const unsigned char *name = p;
         while (is_tchar[*p]) {
@@ -231,7 +234,7 @@ static int head_bounds(PyObject *const *args, const unsigned char **start,
     const unsigned char *s = (const unsigned char *)PyBytes_AS_STRING(args[0]);
     Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
     if (pos < 0 || pos >= size) {
-        return pos == size ? INCOMPLETE : REFUSED;
+        return pos < 0 ? REFUSED : INCOMPLETE; /* nothing after pos: no head yet */
     }
     const unsigned char *hit = memmem(s + pos, (size_t)(size - pos), "\r\n\r\n", 4);
     if (hit == NULL) {

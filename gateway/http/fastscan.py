@@ -36,3 +36,14 @@ scan_response: Final[
 join_fields: Final[Callable[[bytes, list[tuple[bytes, bytes]], bytes], bytes]] = (
     IMPLEMENTATION.join_fields
 )
+
+
+def may_become_head(buf: bytes, pos: int, starts: tuple[bytes, ...]) -> bool:
+    """Whether buf[pos:], an INCOMPLETE head, may still become one the scanner takes: it
+    begins with one of `starts` (or is the beginning of one), and its line ends are all CRLF so
+    far. Otherwise llhttp gets it at once, and refuses it at once if it is broken (a client
+    using bare LF line ends would otherwise wait for a CRLFCRLF that never comes)."""
+    lead = buf[pos : pos + 16]
+    if not any(lead.startswith(s) or s.startswith(lead) for s in starts):
+        return False
+    return buf.count(b"\n", pos) == buf.count(b"\r\n", pos)

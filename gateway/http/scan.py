@@ -8,11 +8,12 @@ The subset: a request line `METHOD SP /target SP HTTP/1.1` (seven methods, targe
 0x21..0x7E), a response status line `HTTP/1.1 SP 3DIGIT SP reason` (200..599 but 204 and 304),
 header lines `token ":" OWS value` with CRLF line ends, no trailing whitespace, no control
 bytes, at most one all-digit Content-Length of up to 18 digits, and none of the names that
-change framing or the connection (Transfer-Encoding, Upgrade; for requests Connection and
-Proxy-Connection too). Anything else is REFUSED, never answered with an error: the caller then
-feeds the same bytes to llhttp, which stays the one general parser and decides. Refusing is
-therefore always safe; only accepting must agree with llhttp, byte for byte, which is why the
-subset is narrow. A head without its blank line yet is INCOMPLETE (llhttp takes over as well).
+change framing or switch protocols (Transfer-Encoding, Upgrade). Anything else is REFUSED, never
+answered with an error: the caller then feeds the same bytes to llhttp, which stays the one
+general parser and decides. Refusing is therefore always safe; only accepting must agree with
+llhttp, byte for byte, which is why the subset is narrow. A head without its blank line yet is
+INCOMPLETE: the server keeps it and scans again when more comes (one that cannot become a head
+of the subset goes to llhttp at once).
 """
 
 from __future__ import annotations
@@ -31,12 +32,10 @@ _MAX_LENGTH_DIGITS: Final = 18
 _METHODS: Final[dict[bytes, str]] = {
     m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 }
-#: Names that change framing or the connection: llhttp's business (Content-Length is ours).
-_REQUEST_REFUSED_NAMES: Final = frozenset(
-    {b"transfer-encoding", b"upgrade", b"connection", b"proxy-connection"}
-)
-_RESPONSE_REFUSED_NAMES: Final = frozenset({b"transfer-encoding", b"upgrade"})
-_FRAMING_NAMES: Final = _REQUEST_REFUSED_NAMES | {_CONTENT_LENGTH}
+#: Names that change framing or switch protocols: llhttp's business (Content-Length is ours;
+#: Connection is kept, the server decides keep-alive from it as it does for llhttp's heads).
+_REFUSED_NAMES: Final = frozenset({b"transfer-encoding", b"upgrade"})
+_FRAMING_NAMES: Final = _REFUSED_NAMES | {_CONTENT_LENGTH}
 
 _COMMON_NAMES = (
     b"Accept", b"Accept-Encoding", b"Accept-Language", b"Accept-Ranges",
@@ -139,7 +138,7 @@ def scan_request(
     target: bytes = line.group(2)
     if method is None or len(target) > max_url:
         return REFUSED
-    fields = _fields(buf, line.end(), blank, _REQUEST_REFUSED_NAMES)
+    fields = _fields(buf, line.end(), blank, _REFUSED_NAMES)
     if fields is None:
         return REFUSED
     headers, bound, length = fields
@@ -170,10 +169,19 @@ def scan_response(
     status = int(line.group(1))
     if status < 200 or status > 599 or status == 204 or status == 304:
         return REFUSED
-    fields = _fields(buf, line.end(), blank, _RESPONSE_REFUSED_NAMES)
+    fields = _fields(buf, line.end(), blank, _REFUSED_NAMES)
     if fields is None:
         return REFUSED
     headers, _bound, length = fields
     if len(headers) > max_fields or length < 0:
         return REFUSED
     return blank + 4, status, headers, length
+
+
+def join_fields(first: bytes, fields: list[tuple[bytes, bytes]], last: bytes) -> bytes:
+    """`first`, a `name: value` CRLF line per field, then `last` (the C one: one allocation)."""
+    out = [first]
+    for name, value in fields:
+        out += (name, b": ", value, b"\r\n")
+    out.append(last)
+    return b"".join(out)

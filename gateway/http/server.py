@@ -31,8 +31,8 @@ from gateway.http.exchange import (
     Exchange,
     RequestHead,
 )
+from gateway.http.fastscan import INCOMPLETE, may_become_head, scan_request
 from gateway.http.head import HeadScan, absolute_form
-from gateway.http.fastscan import INCOMPLETE, scan_request
 
 log = structlog.get_logger("gateway")
 #: llhttp's method names as str, looked up instead of decoded per request
@@ -365,8 +365,8 @@ class HttpServerProtocol(ClientConnection):
             if isinstance(found, int):
                 if (
                     found == INCOMPLETE
-                    and buf.startswith(_FAST_STARTS, pos)
                     and size - pos <= ctx.max_header_bytes + ctx.max_url_bytes
+                    and may_become_head(buf, pos, _FAST_STARTS)
                 ):
                     self._head_buf = buf[pos:] if pos else buf
                     self._in_head = True  # a head has begun (lingering close, slowloris)

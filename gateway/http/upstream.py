@@ -18,7 +18,7 @@ import httptools
 
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeoutError
 from gateway.http import wire
-from gateway.http.fastscan import INCOMPLETE, scan_response
+from gateway.http.fastscan import INCOMPLETE, may_become_head, scan_response
 
 if TYPE_CHECKING:
     from gateway.http.exchange import ClientConnection, Exchange
@@ -58,6 +58,9 @@ def websocket_accepted(ex: Exchange, headers: list[tuple[bytes, bytes]]) -> bool
         return False
     digest = hashlib.sha1(key.strip() + _WEBSOCKET_GUID, usedforsecurity=False).digest()
     return accept.strip() == base64.b64encode(digest)
+
+
+_ANSWER_START: Final = (b"HTTP/1.1 ",)  # how an answer head the scanner may take begins
 
 
 class UpstreamResetError(UpstreamError):
@@ -189,8 +192,8 @@ class UpstreamConnection(asyncio.Protocol):
         if isinstance(found, int):
             if (
                 found == INCOMPLETE
-                and buf.startswith(b"HTTP/1.1 ")
                 and len(buf) <= MAX_RESPONSE_HEAD_BYTES
+                and may_become_head(buf, 0, _ANSWER_START)
             ):
                 self._head_buf = buf
                 return b""
