@@ -93,19 +93,24 @@ static inline unsigned char lower(unsigned char c) {
     return (c >= 'A' && c <= 'Z') ? (unsigned char)(c + 32) : c;
 }
 
+/* the common names by length: candidates[size] lists their indexes (-1 ends the list) */
+#define MAX_NAME 32
+#define MAX_SAME_SIZE 8
+static int candidates[MAX_NAME + 1][MAX_SAME_SIZE + 1];
+
 /* The common name `s[0:size]` is (case-insensitively), or -1. */
 static int find_name(const unsigned char *s, Py_ssize_t size) {
-    for (int i = 0; i < N_NAMES; i++) {
-        if (names[i].size != size || names[i].name[0] != lower(s[0])) {
-            continue;
-        }
-        const char *n = names[i].name;
-        Py_ssize_t k = 1;
+    if (size > MAX_NAME) {
+        return -1;
+    }
+    for (const int *i = candidates[size]; *i >= 0; i++) {
+        const char *n = names[*i].name;
+        Py_ssize_t k = 0;
         while (k < size && n[k] == (char)lower(s[k])) {
             k++;
         }
         if (k == size) {
-            return i;
+            return *i;
         }
     }
     return -1;
@@ -126,18 +131,19 @@ static long long parse_length(const unsigned char *s, Py_ssize_t size) {
     return n;
 }
 
-/* The header lines from `p` up to the empty line ending at `blank` (the CRLF of the empty
- * line). Appends (lower name, value) tuples to `out`; sets *length (-1: none). Returns 1, or 0
- * for REFUSED, or -1 with a Python error set. */
-static int scan_fields(const unsigned char *p, const unsigned char *blank, Py_ssize_t max_count, Py_ssize_t max_bytes, PyObject *out,
-                       long long *length) {
+/* The header lines from `p` up to the empty line (the buffer's NUL terminator stops every
+ * loop at its end). Appends (lower name, value) tuples to `out`; sets *length (-1: none) and
+ * *end (after the empty line). Returns 1, or 0 when the head is not one of the subset or not
+ * complete (the caller tells which), or -1 with a Python error set. */
+static int scan_fields(const unsigned char *p, Py_ssize_t max_count, Py_ssize_t max_bytes,
+                       PyObject *out, long long *length, const unsigned char **end) {
     Py_ssize_t count = 0, total = 0;
     int lengths = 0;
     *length = -1;
     if (max_count < 0 || max_bytes < 0) {
         return 0; /* even no field is within such limits */
     }
-    while (p < blank) {
+    while (!(p[0] == '\r' && p[1] == '\n')) {
         const unsigned char *name = p;
         while (is_tchar[*p]) {
             p++;
@@ -155,7 +161,7 @@ static int scan_fields(const unsigned char *p, const unsigned char *blank, Py_ss
             p++;
         }
         if (p[0] != '\r' || p[1] != '\n') {
-            return 0; /* a CTL, DEL, bare CR or bare LF */
+            return 0; /* a CTL, DEL, bare CR or bare LF, or the end of the buffer */
         }
         Py_ssize_t value_size = p - value;
         if (value_size && (p[-1] == ' ' || p[-1] == '\t')) {
@@ -216,13 +222,14 @@ static int scan_fields(const unsigned char *p, const unsigned char *blank, Py_ss
             return -1;
         }
     }
+    *end = p + 2;
     return 1;
 }
 
-/* buf, pos and the head's end (after the first CRLFCRLF at or after pos); 0: INCOMPLETE,
- * -1: REFUSED, -2: a Python error */
-static int head_bounds(PyObject *const *args, const unsigned char **start,
-                       const unsigned char **blank, Py_ssize_t *end) {
+/* buf and pos: 1 with *start and *stop set (the buffer's end, where its NUL terminator is),
+ * 0 for INCOMPLETE (nothing after pos), -1 for REFUSED (a negative pos), -2: a Python error */
+static int head_start(PyObject *const *args, const unsigned char **start,
+                      const unsigned char **stop, const unsigned char **base) {
     if (!PyBytes_Check(args[0])) {
         PyErr_SetString(PyExc_TypeError, "buf must be bytes");
         return -2;
@@ -236,14 +243,17 @@ static int head_bounds(PyObject *const *args, const unsigned char **start,
     if (pos < 0 || pos >= size) {
         return pos < 0 ? REFUSED : INCOMPLETE; /* nothing after pos: no head yet */
     }
-    const unsigned char *hit = memmem(s + pos, (size_t)(size - pos), "\r\n\r\n", 4);
-    if (hit == NULL) {
-        return INCOMPLETE;
-    }
+    *base = s;
     *start = s + pos;
-    *blank = hit + 2;
-    *end = (hit - s) + 4;
+    *stop = s + size;
     return 1;
+}
+
+/* What a head that did not scan is: INCOMPLETE without a CRLFCRLF after its start, else
+ * REFUSED (the scan stops at the first line outside the subset, or at the buffer's end) */
+static PyObject *not_scanned(const unsigned char *start, const unsigned char *stop) {
+    int complete = memmem(start, (size_t)(stop - start), "\r\n\r\n", 4) != NULL;
+    return PyLong_FromLong(complete ? REFUSED : INCOMPLETE);
 }
 
 static PyObject *scan_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
@@ -252,11 +262,10 @@ static PyObject *scan_request(PyObject *module, PyObject *const *args, Py_ssize_
                         "scan_request(buf, pos, max_url, max_header_bytes, max_header_count)");
         return NULL;
     }
-    const unsigned char *p, *blank;
-    Py_ssize_t end;
-    int bounds = head_bounds(args, &p, &blank, &end);
-    if (bounds <= 0) {
-        return bounds == -2 ? NULL : PyLong_FromLong(bounds);
+    const unsigned char *start, *stop, *base, *end;
+    int found = head_start(args, &start, &stop, &base);
+    if (found <= 0) {
+        return found == -2 ? NULL : PyLong_FromLong(found);
     }
     Py_ssize_t max_url = PyLong_AsSsize_t(args[2]);
     Py_ssize_t max_bytes = PyLong_AsSsize_t(args[3]);
@@ -264,9 +273,8 @@ static PyObject *scan_request(PyObject *module, PyObject *const *args, Py_ssize_
     if (PyErr_Occurred()) {
         return NULL;
     }
-    /* the request line: METHOD SP /target SP HTTP/1.1 CRLF; `stop` is the head's end, which
-     * no comparison reads past */
-    const unsigned char *stop = blank + 2;
+    /* the request line: METHOD SP /target SP HTTP/1.1 CRLF; no comparison reads past `stop` */
+    const unsigned char *p = start;
     int method = -1;
     for (int i = 0; i < N_METHODS; i++) {
         Py_ssize_t n = (Py_ssize_t)strlen(method_names[i]);
@@ -277,7 +285,7 @@ static PyObject *scan_request(PyObject *module, PyObject *const *args, Py_ssize_
         }
     }
     if (method < 0 || *p != '/') {
-        return PyLong_FromLong(REFUSED);
+        return not_scanned(start, stop);
     }
     const unsigned char *target = p;
     while (is_target[*p]) {
@@ -285,7 +293,7 @@ static PyObject *scan_request(PyObject *module, PyObject *const *args, Py_ssize_
     }
     Py_ssize_t target_size = p - target;
     if (target_size > max_url || stop - p < 11 || memcmp(p, " HTTP/1.1\r\n", 11) != 0) {
-        return PyLong_FromLong(REFUSED);
+        return not_scanned(start, stop);
     }
     p += 11;
     PyObject *headers = PyList_New(0);
@@ -293,17 +301,17 @@ static PyObject *scan_request(PyObject *module, PyObject *const *args, Py_ssize_
         return NULL;
     }
     long long length;
-    int ok = scan_fields(p, blank, max_count, max_bytes, headers, &length);
+    int ok = scan_fields(p, max_count, max_bytes, headers, &length, &end);
     if (ok <= 0) {
         Py_DECREF(headers);
-        return ok < 0 ? NULL : PyLong_FromLong(REFUSED);
+        return ok < 0 ? NULL : not_scanned(start, stop);
     }
     PyObject *target_obj = PyBytes_FromStringAndSize((const char *)target, target_size);
     if (target_obj == NULL) {
         Py_DECREF(headers);
         return NULL;
     }
-    PyObject *end_obj = PyLong_FromSsize_t(end);
+    PyObject *end_obj = PyLong_FromSsize_t(end - base);
     PyObject *length_obj = PyLong_FromLongLong(length);
     PyObject *result = PyTuple_New(5);
     if (end_obj == NULL || length_obj == NULL || result == NULL) {
@@ -328,36 +336,36 @@ static PyObject *scan_response(PyObject *module, PyObject *const *args, Py_ssize
         PyErr_SetString(PyExc_TypeError, "scan_response(buf, pos, max_fields)");
         return NULL;
     }
-    const unsigned char *p, *blank;
-    Py_ssize_t end;
-    int bounds = head_bounds(args, &p, &blank, &end);
-    if (bounds <= 0) {
-        return bounds == -2 ? NULL : PyLong_FromLong(bounds);
+    const unsigned char *start, *stop, *base, *end;
+    int found = head_start(args, &start, &stop, &base);
+    if (found <= 0) {
+        return found == -2 ? NULL : PyLong_FromLong(found);
     }
     Py_ssize_t max_fields = PyLong_AsSsize_t(args[2]);
     if (max_fields == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    /* HTTP/1.1 SP 3DIGIT SP reason CRLF; the head's end, blank + 2, is not read past */
-    if (blank + 2 - p < 15 || memcmp(p, "HTTP/1.1 ", 9) != 0) {
-        return PyLong_FromLong(REFUSED);
+    /* HTTP/1.1 SP 3DIGIT SP reason CRLF; no comparison reads past `stop` */
+    const unsigned char *p = start;
+    if (stop - p < 15 || memcmp(p, "HTTP/1.1 ", 9) != 0) {
+        return not_scanned(start, stop);
     }
     p += 9;
     for (int i = 0; i < 3; i++) {
         if (p[i] < '0' || p[i] > '9') {
-            return PyLong_FromLong(REFUSED);
+            return not_scanned(start, stop);
         }
     }
     int status = (p[0] - '0') * 100 + (p[1] - '0') * 10 + (p[2] - '0');
     if (status < 200 || status > 599 || status == 204 || status == 304 || p[3] != ' ') {
-        return PyLong_FromLong(REFUSED);
+        return not_scanned(start, stop);
     }
     p += 4;
     while (is_vchar[*p]) {
         p++;
     }
     if (p[0] != '\r' || p[1] != '\n') {
-        return PyLong_FromLong(REFUSED);
+        return not_scanned(start, stop);
     }
     p += 2;
     PyObject *headers = PyList_New(0);
@@ -365,12 +373,12 @@ static PyObject *scan_response(PyObject *module, PyObject *const *args, Py_ssize
         return NULL;
     }
     long long length;
-    int ok = scan_fields(p, blank, max_fields, PY_SSIZE_T_MAX, headers, &length);
+    int ok = scan_fields(p, max_fields, PY_SSIZE_T_MAX, headers, &length, &end);
     if (ok <= 0 || length < 0) {
         Py_DECREF(headers);
-        return ok < 0 ? NULL : PyLong_FromLong(REFUSED);
+        return ok < 0 ? NULL : not_scanned(start, stop);
     }
-    PyObject *end_obj = PyLong_FromSsize_t(end);
+    PyObject *end_obj = PyLong_FromSsize_t(end - base);
     PyObject *status_obj = PyLong_FromLong(status);
     PyObject *length_obj = PyLong_FromLongLong(length);
     PyObject *result = PyTuple_New(4);
@@ -480,8 +488,26 @@ PyMODINIT_FUNC PyInit__scan(void) {
         is_vchar[c] = c == '\t' || (c >= 0x20 && c != 0x7f);
         is_target[c] = c >= 0x21 && c <= 0x7e;
     }
+    for (int size = 0; size <= MAX_NAME; size++) {
+        candidates[size][0] = -1;
+    }
     for (int i = 0; i < N_NAMES; i++) {
         names[i].size = (Py_ssize_t)strlen(names[i].name);
+        if (names[i].size > MAX_NAME) {
+            PyErr_SetString(PyExc_RuntimeError, "_scan: a common name is too long");
+            return NULL;
+        }
+        int *slot = candidates[names[i].size];
+        int k = 0;
+        while (slot[k] >= 0) {
+            k++;
+        }
+        if (k >= MAX_SAME_SIZE) {
+            PyErr_SetString(PyExc_RuntimeError, "_scan: the common-name table does not fit");
+            return NULL;
+        }
+        slot[k] = i;
+        slot[k + 1] = -1;
         names[i].obj = PyBytes_FromStringAndSize(names[i].name, names[i].size);
         if (names[i].obj == NULL) {
             return NULL;
