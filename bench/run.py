@@ -218,7 +218,8 @@ class Bench:
 
     def start_idp(self, extra: tuple[str, ...] = ()) -> int:
         port = free_port()
-        argv = [PY, str(HERE / "idp.py"), "--port", str(port), "--token", self.token, *extra]
+        # `--opt=value`: a random token may begin with `-`, which argparse would read as an option
+        argv = [PY, str(HERE / "idp.py"), f"--port={port}", f"--token={self.token}", *extra]
         proc = self.stack.start("idp", pin(self.core(0)) + argv)
         wait_port(port, proc=proc)
         return port
@@ -556,11 +557,7 @@ class Bench:
         makers = {alg: bound.ProofMaker(alg) for alg in bound.ALGS}
         tokens = bound.bound_tokens()
         idp = self.start_idp(
-            tuple(
-                x
-                for alg in bound.ALGS
-                for x in ("--bound", f"{tokens[alg]}={makers[alg].thumbprint}")
-            )
+            tuple(f"--bound={tokens[alg]}={makers[alg].thumbprint}" for alg in bound.ALGS)
         )
         cfg = bound.bound_config(gateway_config(free_port(), up, idp))
         proc, port = self.start_gateway("gw_bound", cfg, self.core(1))

@@ -78,7 +78,18 @@ async def test_cli_revoke_reaches_running_gateway(echo_upstream, gateway_process
     async with aiohttp.ClientSession() as s:
         assert await _status(s, gp.url + "/x", token) == 200
         res = subprocess.run(
-            [sys.executable, "-m", "gateway", "token", "revoke", "--config", str(gp.path), token],
+            # `--`: a token may begin with `-` (docs/commands.md)
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "token",
+                "revoke",
+                "--config",
+                str(gp.path),
+                "--",
+                token,
+            ],
             capture_output=True,
             text=True,
             timeout=30,
