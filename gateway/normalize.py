@@ -9,6 +9,7 @@ import re
 from typing import Final
 
 from gateway.errors import BadHttpRequestError
+from gateway.http import fastscan
 
 _UNRESERVED: Final = frozenset(
     b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
@@ -92,9 +93,18 @@ def _check_utf8(path: str) -> None:
             raise BadHttpRequestError(reason="path_bad_utf8") from None
 
 
+def _fast_py(raw: str) -> bool:
+    return _FAST.fullmatch(raw) is not None
+
+
+#: whether a path is already normal: `_FAST`, or its C twin (gateway/http/_scan.c, held to it by
+#: tests/test_scan.py) where that is built
+_ALREADY_NORMAL: Final = fastscan.normal_path or _fast_py
+
+
 def normalize_path(raw: str) -> str:
     """Normalise a request path (query already split off) or raise BadHttpRequestError."""
-    if _FAST.fullmatch(raw):
+    if _ALREADY_NORMAL(raw):
         return raw
     if not raw.startswith("/"):
         raise BadHttpRequestError(reason="path_not_absolute")

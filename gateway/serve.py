@@ -20,6 +20,7 @@ from gateway.authn.validator import TokenValidator
 from gateway.config import load_config
 from gateway.config.models import GatewayConfig, ListenerTlsConfig
 from gateway.errors import ConfigError
+from gateway.http import fastscan
 from gateway.http.server import Handler, ServerContext, make_protocol_factory
 from gateway.logs import setup_logging
 from gateway.metrics import Metrics
@@ -128,7 +129,11 @@ class Gateway:
         if self.config_path or self.tls:
             self._watch = asyncio.create_task(self._watch_config())
         log.info(
-            "gateway_started", ports=self.ports, routes=len(rt.routes.routes), build=build_kind()
+            "gateway_started",
+            ports=self.ports,
+            routes=len(rt.routes.routes),
+            build=build_kind(),
+            head_scanner=fastscan.NAME,
         )
 
     def _listener_tls(self, name: str, cfg: ListenerTlsConfig | None) -> ssl.SSLContext | None:

@@ -8,16 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from gateway.http import fastscan
 from tests.fixtures.servers import base_config
 from tests.test_attacks import parse_responses
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def exchange(port: int, pieces: list[bytes], answers: int, pause: float = 0.0) -> bytes:
@@ -84,7 +91,8 @@ async def test_heads_and_bodies_split_byte_by_byte_stay_on_the_fast_path(
     first, second = parse_responses(raw, closed=False)
     assert echoed(first)["body_sha256"] == hashlib.sha256(b"hello world").hexdigest()
     assert echoed(second)["path"] == "/next"
-    assert conn._fast, "a head split across reads moved the connection to llhttp"
+    if fastscan.NAME != "off":
+        assert conn._fast, "a head split across reads moved the connection to llhttp"
 
 
 async def test_a_content_length_body_that_looks_like_a_request_is_a_body(
@@ -230,3 +238,38 @@ async def test_an_upstream_answer_with_bare_lf_line_ends_is_not_waited_for(
     [answer] = parse_responses(raw, closed=False)
     assert answer.status in (200, 502)
     assert time.monotonic() - started < 2  # the upstream timeout is 5 s
+
+
+@pytest.mark.skipif(
+    "GATEWAY_HEAD_SCANNER" in os.environ, reason="a run with GATEWAY_HEAD_SCANNER set already"
+)
+@pytest.mark.parametrize("scanner", ["python", "off"])
+def test_the_same_tests_pass_with_the_twin_and_with_no_scanner(scanner: str) -> None:
+    """The pure-Python twin on the server's path (what a GATEWAY_PURE_PYTHON=1 build runs), and
+    no scanner at all (llhttp for every head, the operator's switch): this module, the attack
+    suite and the lingering-close suite, in a fresh interpreter with GATEWAY_HEAD_SCANNER."""
+    env = {**os.environ, "GATEWAY_HEAD_SCANNER": scanner}
+    files = ["tests/test_fast_path.py", "tests/test_attacks.py", "tests/test_lingering.py"]
+    res = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stdout[-4000:]
+    assert " passed" in res.stdout
+
+
+def test_an_unknown_head_scanner_is_refused_by_name() -> None:
+    env = {**os.environ, "GATEWAY_HEAD_SCANNER": "fast"}
+    res = subprocess.run(
+        [sys.executable, "-c", "import gateway.http.fastscan"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode != 0
+    assert "GATEWAY_HEAD_SCANNER must be one of c, python, off: 'fast'" in res.stderr

@@ -28,6 +28,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from gateway import normalize
 from gateway.http import scan as py_scan
 from gateway.http.head import HeadScan
 from gateway.http.scan import INCOMPLETE, REFUSED
@@ -890,3 +891,22 @@ def test_join_fields_writes_one_line_per_field(
 def test_join_fields_refuses_what_is_not_byte_pairs(scanner: ModuleType, fields: Any) -> None:
     with pytest.raises((TypeError, ValueError)):
         scanner.join_fields(b"", fields, b"")
+
+
+# --------------------------------------------------------------------------- normal_path
+_PATHS = st.one_of(
+    st.text(alphabet="/.;a~%-@:\n é\\?#", max_size=16).map(lambda t: "/" + t),
+    st.text(alphabet="/.;ab", max_size=12),
+    st.text(max_size=12),
+    st.sampled_from(["/", "//", "/a/", "/a//", "/.", "/..", "/.;x", "/..;x", "/...", "/.a",
+                     "/a/./b", "/a/../b", "/a/..", "/a/.", "/%2e", "/a\n", "/\u0100", ""]),
+)  # fmt: skip
+
+
+@pytest.mark.skipif(C_SCAN is None, reason="gateway.http._scan is not built")
+@settings(max_examples=FUZZ_EXAMPLES * 3, deadline=None)
+@given(path=_PATHS)
+def test_normal_path_is_the_fast_pattern_of_normalize(path: str) -> None:
+    """The C check of an already-normal path says exactly what normalize.py's pattern says."""
+    assert C_SCAN is not None
+    assert C_SCAN.normal_path(path) is (normalize._FAST.fullmatch(path) is not None)

@@ -462,7 +462,61 @@ static PyObject *join_fields(PyObject *module, PyObject *const *args, Py_ssize_t
     return out;
 }
 
+/* normal_path(path: str) -> bool: whether a request path is already in its normal form, as
+ * gateway/normalize.py's _FAST pattern says (its twin): "/", or segments "/" + 1+ characters of
+ * A-Za-z0-9-._~!$&'()*+,;=:@ none of which is `.` or `..` (alone, or before `;`), then an
+ * optional final "/". Anything else goes through the full normalisation. */
+static unsigned char is_path_char[256];
+
+static PyObject *normal_path(PyObject *module, PyObject *arg) {
+    if (!PyUnicode_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "normal_path(path: str)");
+        return NULL;
+    }
+    if (PyUnicode_KIND(arg) != PyUnicode_1BYTE_KIND) {
+        Py_RETURN_FALSE; /* a character above U+00FF: never normal */
+    }
+    const unsigned char *s = PyUnicode_1BYTE_DATA(arg);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(arg);
+    if (n == 0 || s[0] != '/') {
+        Py_RETURN_FALSE;
+    }
+    if (n == 1) {
+        Py_RETURN_TRUE;
+    }
+    Py_ssize_t i = 0;
+    while (i < n) {
+        /* s[i] == '/' */
+        Py_ssize_t start = ++i;
+        while (i < n && is_path_char[s[i]]) {
+            i++;
+        }
+        Py_ssize_t size = i - start;
+        if (size == 0) {
+            /* an empty segment: only as the final "/" after at least one segment */
+            if (i == n && start > 1) {
+                Py_RETURN_TRUE;
+            }
+            Py_RETURN_FALSE;
+        }
+        /* `.` or `..` followed by `/`, `;` or the end is a dot segment */
+        Py_ssize_t dots = (s[start] == '.') ? ((start + 1 < n && s[start + 1] == '.') ? 2 : 1) : 0;
+        if (dots) {
+            Py_ssize_t after = start + dots;
+            if (after == n || s[after] == '/' || s[after] == ';') {
+                Py_RETURN_FALSE;
+            }
+        }
+        if (i < n && s[i] != '/') {
+            Py_RETURN_FALSE; /* a character outside the set */
+        }
+    }
+    Py_RETURN_TRUE;
+}
+
 static PyMethodDef methods[] = {
+    {"normal_path", (PyCFunction)normal_path, METH_O,
+     "normal_path(path): whether the path is already normal (gateway/normalize.py's fast case)"},
     {"join_fields", (PyCFunction)(void (*)(void))join_fields, METH_FASTCALL,
      "join_fields(first, fields, last): first + b'name: value\\r\\n' per field + last"},
     {"scan_request", (PyCFunction)(void (*)(void))scan_request, METH_FASTCALL,
@@ -487,6 +541,8 @@ PyMODINIT_FUNC PyInit__scan(void) {
                       (c >= 'A' && c <= 'Z') || (c && strchr(tchars, c) != NULL);
         is_vchar[c] = c == '\t' || (c >= 0x20 && c != 0x7f);
         is_target[c] = c >= 0x21 && c <= 0x7e;
+        is_path_char[c] = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
+                          (c >= 'A' && c <= 'Z') || (c && strchr("-._~!$&'()*+,;=:@", c) != NULL);
     }
     for (int size = 0; size <= MAX_NAME; size++) {
         candidates[size][0] = -1;

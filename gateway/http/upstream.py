@@ -348,8 +348,17 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool.release(self, reusable)
 
     # ---------------------------------------------------------- parser callbacks
-    # No on_message_begin (each callback httptools finds costs a call from C into Python):
-    # the header list is replaced once a head has been used.
+    # The header list is replaced once a head has been used.
+    def on_message_begin(self) -> None:
+        """llhttp begins an answer. With no exchange bound, the answer before it was complete
+        and these bytes came after it in the same read: an answer nobody asked for (a desync,
+        or one planted for the next request). The connection is closed, never reused. (A call
+        from C into Python per answer, on llhttp's path only: the scanner's path checks the
+        same with the bytes past Content-Length.)"""
+        if self.ex is None:
+            self._keep_alive = False
+            self.close()
+
     def on_header(self, name: bytes, value: bytes) -> None:
         headers = self._headers
         if len(headers) >= MAX_RESPONSE_FIELDS:
