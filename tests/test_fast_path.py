@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -27,9 +28,16 @@ from tests.test_attacks import parse_responses
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def exchange(port: int, pieces: list[bytes], answers: int, pause: float = 0.0) -> bytes:
+def exchange(
+    port: int,
+    pieces: list[bytes],
+    answers: int,
+    pause: float = 0.0,
+    hold: threading.Event | None = None,
+) -> bytes:
     """Send `pieces` (one write each, `pause` between them), then read until `answers` complete
-    answers came or the gateway closed."""
+    answers came or the gateway closed; with `hold`, keep the connection open until it is set
+    (so that the test can look at the gateway's side of it)."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for piece in pieces:
@@ -39,6 +47,8 @@ def exchange(port: int, pieces: list[bytes], answers: int, pause: float = 0.0) -
         out = b""
         while True:
             if len(parse_responses(out, closed=False)) >= answers:
+                if hold is not None:
+                    hold.wait(10)
                 return out
             chunk = sock.recv(65536)
             if not chunk:
@@ -76,23 +86,31 @@ async def test_pipelined_heads_of_both_parsers_are_answered_in_order(
     assert echo_upstream.requests == 5
 
 
-async def test_heads_and_bodies_split_byte_by_byte_stay_on_the_fast_path(
-    echo_upstream: Any, make_gateway: Any
+@pytest.mark.parametrize(("pieces", "fast"), [(3, True), (None, False)], ids=["3", "bytes"])
+async def test_heads_and_bodies_split_across_reads(
+    echo_upstream: Any, make_gateway: Any, pieces: int | None, fast: bool
 ) -> None:
+    """A head in a few reads stays on the fast path; one trickled in a byte at a time goes to
+    llhttp after MAX_PARTIAL_READS (a kept head is scanned again on every read: bytes one by
+    one would cost its size squared). Both are answered whole, and so is the next request."""
     gw = await make_gateway(base_config(echo_upstream.url))
     request = b"POST /split HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nhello world"
-    pieces = [request[i : i + 1] for i in range(len(request))]
-    pieces.append(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
-    task = asyncio.create_task(asyncio.to_thread(exchange, gw.port, pieces, 2, 0.002))
+    step = 1 if pieces is None else -(-len(request) // pieces)
+    parts = [request[i : i + step] for i in range(0, len(request), step)]
+    parts.append(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+    hold = threading.Event()
+    task = asyncio.create_task(asyncio.to_thread(exchange, gw.port, parts, 2, 0.002, hold))
     while not gw.gateway.ctx.connections:
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.002)
     [conn] = gw.gateway.ctx.connections
+    hold.set()
     raw = await task
     first, second = parse_responses(raw, closed=False)
     assert echoed(first)["body_sha256"] == hashlib.sha256(b"hello world").hexdigest()
     assert echoed(second)["path"] == "/next"
     if fastscan.NAME != "off":
-        assert conn._fast, "a head split across reads moved the connection to llhttp"
+        assert conn._fast is fast
+    assert len(request) > fastscan.MAX_PARTIAL_READS
 
 
 async def test_a_content_length_body_that_looks_like_a_request_is_a_body(

@@ -17,6 +17,10 @@ from typing import Final
 
 INCOMPLETE: Final = 0  # no complete head yet: kept, or left to llhttp
 REFUSED: Final = -1  # outside the scanner's subset: llhttp parses it
+#: reads a head may be kept across before llhttp gets it: a kept head is scanned again from its
+#: start on every read, so one trickled in a byte at a time would cost its size squared; llhttp
+#: reads each byte once
+MAX_PARTIAL_READS: Final = 8
 CHOICES: Final = ("c", "python", "off")
 
 

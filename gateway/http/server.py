@@ -31,7 +31,7 @@ from gateway.http.exchange import (
     Exchange,
     RequestHead,
 )
-from gateway.http.fastscan import INCOMPLETE, may_become_head, scan_request
+from gateway.http.fastscan import INCOMPLETE, MAX_PARTIAL_READS, may_become_head, scan_request
 from gateway.http.head import HeadScan, absolute_form
 
 log = structlog.get_logger("gateway")
@@ -106,6 +106,7 @@ class HttpServerProtocol(ClientConnection):
         # for good: llhttp keeps state between messages that the scanner cannot hand back.
         self._fast = True
         self._head_buf = b""  # the start of a head not complete yet
+        self._head_reads = 0  # reads the head in _head_buf came in (MAX_PARTIAL_READS)
         self._body_left = 0  # bytes of a fast-path body still to come
 
     # ------------------------------------------------------------------ transport
@@ -365,14 +366,17 @@ class HttpServerProtocol(ClientConnection):
             if isinstance(found, int):
                 if (
                     found == INCOMPLETE
+                    and self._head_reads < MAX_PARTIAL_READS
                     and size - pos <= ctx.max_header_bytes + ctx.max_url_bytes
                     and may_become_head(buf, pos, _FAST_STARTS)
                 ):
+                    self._head_reads += 1
                     self._head_buf = buf[pos:] if pos else buf
                     self._in_head = True  # a head has begun (lingering close, slowloris)
                     return b""
                 break
             end, method, url, headers, length = found
+            self._head_reads = 0
             scan = HeadScan(headers)
             if not scan.keep_alive(b"1.1"):
                 break  # the connection's last request: llhttp's rules for what follows it

@@ -18,7 +18,7 @@ import httptools
 
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeoutError
 from gateway.http import wire
-from gateway.http.fastscan import INCOMPLETE, may_become_head, scan_response
+from gateway.http.fastscan import INCOMPLETE, MAX_PARTIAL_READS, may_become_head, scan_response
 
 if TYPE_CHECKING:
     from gateway.http.exchange import ClientConnection, Exchange
@@ -99,6 +99,7 @@ class UpstreamConnection(asyncio.Protocol):
         # the fast path (see _scan): on until the first answer the scanner leaves to llhttp
         self._fast = True
         self._head_buf = b""  # the start of an answer head not complete yet
+        self._head_reads = 0  # reads the head in _head_buf came in (MAX_PARTIAL_READS)
         self._body_left = 0  # bytes of a fast-path answer body still to come
         self._tunnel_client: ClientConnection | None = None
         self._tunnel_ex: Exchange | None = None
@@ -192,14 +193,17 @@ class UpstreamConnection(asyncio.Protocol):
         if isinstance(found, int):
             if (
                 found == INCOMPLETE
+                and self._head_reads < MAX_PARTIAL_READS
                 and len(buf) <= MAX_RESPONSE_HEAD_BYTES
                 and may_become_head(buf, 0, _ANSWER_START)
             ):
+                self._head_reads += 1
                 self._head_buf = buf
                 return b""
             self._fast = False
             return buf
         end, status, headers, length = found
+        self._head_reads = 0
         self._headers = headers
         self._head_complete(status, "1.1")
         if self._skip_rest or self.ex is None:
