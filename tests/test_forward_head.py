@@ -9,7 +9,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.http import wire
+from gateway.http import scan, wire
 from gateway.upstream_headers import (
     ACTIONS,
     APPEND_XFF,
@@ -60,9 +60,9 @@ def test_only_the_dash_spelling_of_xfcc_may_be_kept():
 @given(
     st.one_of(
         st.binary(max_size=40),
-        st.sampled_from(wire._COMMON_NAMES),
-        st.sampled_from(wire._COMMON_NAMES).map(bytes.upper),
-        st.sampled_from(wire._COMMON_NAMES).map(bytes.swapcase),
+        st.sampled_from(scan._COMMON_NAMES),
+        st.sampled_from(scan._COMMON_NAMES).map(bytes.upper),
+        st.sampled_from(scan._COMMON_NAMES).map(bytes.swapcase),
     )
 )
 def test_lower_name_is_bytes_lower(name):

@@ -43,12 +43,15 @@ _COMMON_NAMES = (
     b"Content-Encoding", b"Content-Language", b"Content-Length", b"Content-Type", b"Cookie",
     b"Date", b"DPoP", b"ETag", b"Expect", b"Expires", b"Host", b"If-Modified-Since",
     b"If-None-Match", b"Keep-Alive", b"Last-Modified", b"Location", b"Origin", b"Pragma",
-    b"Referer", b"Server", b"Set-Cookie", b"Traceparent", b"Tracestate", b"User-Agent", b"Vary",
-    b"Via", b"X-Forwarded-For", b"X-Forwarded-Host", b"X-Forwarded-Proto", b"X-Request-Id",
+    b"Proxy-Connection", b"Referer", b"Server", b"Set-Cookie", b"Traceparent", b"Tracestate",
+    b"Transfer-Encoding", b"Upgrade", b"User-Agent", b"Vary", b"Via", b"X-Forwarded-For",
+    b"X-Forwarded-Host", b"X-Forwarded-Proto", b"X-Request-Id", b"X-Appsecret-Proof",
+    b"X-Appsecret-Time",
 )  # fmt: skip
-#: Common field names as clients and servers spell them -> lower case: one dict lookup checks
-#: and lowers them (valid tchar names by construction)
-_KNOWN_NAMES: Final[dict[bytes, bytes]] = {
+#: Common field names as clients and servers spell them -> one shared lower-case object: one
+#: dict lookup checks and lowers them (valid tchar names by construction). wire.lower_name uses
+#: it too, on llhttp's path.
+KNOWN_NAMES: Final[dict[bytes, bytes]] = {
     spelling: lower
     for name in _COMMON_NAMES
     for lower in (name.lower(),)
@@ -92,7 +95,7 @@ def _fields(
     append = headers.append
     for line in lines:
         name, colon, value = line.partition(b":")
-        lower = _KNOWN_NAMES.get(name)
+        lower = KNOWN_NAMES.get(name)
         if lower is None:
             if not colon or _NAME_RE.fullmatch(name) is None:
                 return None  # no colon, or a name that is not all tchar (SP, obs-fold...)

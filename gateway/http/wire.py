@@ -16,6 +16,7 @@ from gateway.errors import (
     RateLimitedError,
 )
 from gateway.http.fastscan import join_fields
+from gateway.http.scan import KNOWN_NAMES
 
 HOP_BY_HOP: Final = frozenset(
     {
@@ -37,25 +38,8 @@ CREDENTIAL_HEADERS: Final = frozenset(
     {b"authorization", b"x-appsecret-proof", b"x-appsecret-time", b"dpop"}
 )
 
-_COMMON_NAMES = (
-    b"Accept", b"Accept-Encoding", b"Accept-Language", b"Accept-Ranges",
-    b"Access-Control-Allow-Origin", b"Age", b"Authorization", b"Cache-Control", b"Connection",
-    b"Content-Encoding", b"Content-Language", b"Content-Length", b"Content-Type", b"Cookie",
-    b"Date", b"ETag", b"Expect", b"Expires", b"Host", b"If-Modified-Since", b"If-None-Match",
-    b"Keep-Alive", b"Last-Modified", b"Location", b"Origin", b"Pragma", b"Proxy-Connection",
-    b"Referer", b"Server", b"Set-Cookie", b"Transfer-Encoding", b"Upgrade", b"User-Agent",
-    b"Vary", b"Via", b"X-Forwarded-For", b"X-Forwarded-Host", b"X-Forwarded-Proto",
-    b"X-Request-Id", b"X-Appsecret-Proof", b"X-Appsecret-Time",
-)  # fmt: skip
-#: Common header names as clients and servers spell them -> one shared lower-case object
-#: (a dict lookup instead of a lower() call and a new object per header; the shared object's
-#: hash is computed once, which every later set/dict lookup of the name reuses)
-_LOWER_NAMES: Final[dict[bytes, bytes]] = {
-    spelling: lower
-    for name in _COMMON_NAMES
-    for lower in (name.lower(),)
-    for spelling in (name, lower, name.upper())
-}
+#: the common header names (gateway/http/scan.py) as a static of this compiled module
+_LOWER_NAMES: Final[dict[bytes, bytes]] = KNOWN_NAMES
 
 
 def lower_name(name: bytes) -> bytes:
