@@ -36,11 +36,13 @@ NATIVE_MODULES = [
     "gateway/logs.py",
     "gateway/metrics.py",
     "gateway/normalize.py",
+    "gateway/otlp.py",
     "gateway/pipeline.py",
     "gateway/ratelimit/limiter.py",
     "gateway/ratelimit/policy.py",
     "gateway/routing.py",
     "gateway/runtime.py",
+    "gateway/spans.py",
     "gateway/tracecontext.py",
     "gateway/upstream_headers.py",
 ]
@@ -51,6 +53,7 @@ NATIVE_MODULES = [
 C_MODULES: list[tuple[str, str]] = [
     ("gateway._access", "gateway/_access.c"),
     ("gateway.http._scan", "gateway/http/_scan.c"),
+    ("gateway._trace", "gateway/_trace.c"),
 ]
 
 # What the compiled modules import, directly or through the modules they type-check against.

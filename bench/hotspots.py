@@ -9,9 +9,11 @@ the copy inside `cryptography`'s wheel in the other, which would otherwise show 
 per-request cost.
 
     .venv/bin/python bench/hotspots.py [--path /bench] [--top 30] [--inclusive]
+        [--trace-context]
 
 `--inclusive` lists the gateway's own compiled functions (mypyc's `CPyDef_*`) and httptools'
-callbacks by inclusive cost instead: what each stage costs with everything it calls. Needs
+callbacks by inclusive cost instead: what each stage costs with everything it calls.
+`--trace-context` profiles with `tracing: {}` (every request gets a new trace context). Needs
 valgrind; about a minute and a half on 2 cores.
 """
 
@@ -32,12 +34,14 @@ SMALL, LARGE = 2000, 6000
 _LINE = re.compile(r"\s*([\d,]+)\s+(?:\([^)]*\)\s+)?(\S.*)$")
 
 
-def run(path: str, requests: int, out: Path, inclusive: bool) -> dict[str, int]:
+def run(
+    path: str, requests: int, out: Path, inclusive: bool, extra: tuple[str, ...] = ()
+) -> dict[str, int]:
     """Instructions by function name (self, or inclusive) of one callgrind run."""
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     done = subprocess.run(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
-         str(HERE / "hotpath.py"), "--requests", str(requests), "--path", path],
+         str(HERE / "hotpath.py"), "--requests", str(requests), "--path", path, *extra],
         env=env, capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
     if done.returncode != 0:
@@ -69,14 +73,17 @@ def main() -> None:
     p.add_argument("--path", default="/bench", choices=["/bench", "/public", "/limited"])
     p.add_argument("--top", type=int, default=30)
     p.add_argument("--inclusive", action="store_true", help="the gateway's functions, inclusive")
+    p.add_argument("--trace-context", action="store_true", help="with `tracing: {}`")
     args = p.parse_args()
+    extra = ("--trace-context",) if args.trace_context else ()
     if shutil.which("valgrind") is None or shutil.which("callgrind_annotate") is None:
         sys.exit("valgrind not found (apt-get install -y valgrind)")
     with tempfile.TemporaryDirectory(prefix="gw-hotspots-") as d:
         tmp = Path(d)
         with ThreadPoolExecutor(2) as pool:
             small, large = pool.map(
-                lambda n: run(args.path, n, tmp / f"cg-{n}.out", args.inclusive), (SMALL, LARGE)
+                lambda n: run(args.path, n, tmp / f"cg-{n}.out", args.inclusive, extra),
+                (SMALL, LARGE),
             )
     per = {k: (large.get(k, 0) - small.get(k, 0)) / (LARGE - SMALL) for k in large.keys() | small}
     total = per.pop("PROGRAM TOTALS", 0.0)

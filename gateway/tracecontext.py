@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeAlias
 from urllib.parse import urlsplit
 
 from gateway.authn.info import TokenInfo
@@ -38,9 +38,10 @@ _KEY: Final = re.compile(
 _VALUE: Final = re.compile(rb"[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]")
 _MAX_MEMBERS: Final = 32
 _OWS: Final = b" \t"
-_ZERO_TRACE_TEXT: Final = "0" * 32
-_ZERO_PARENT_TEXT: Final = "0" * 16
-_POOL_CHARS: Final = 48 * 256  # hex digits of random ids minted at once
+_ID_BYTES: Final = 24  # a new trace's random trace-id (16) and span-id (8)
+_POOL_BYTES: Final = _ID_BYTES * 256  # random bytes read at once
+_ZERO_TRACE_BYTES: Final = bytes(16)
+_ZERO_SPAN_BYTES: Final = bytes(8)
 
 
 class Recording(Protocol):
@@ -78,18 +79,23 @@ class RequestTrace:
     """One request's trace context: what the access log shows and the upstream receives."""
 
     __slots__ = (
+        "_parent_id",
         "flags",
         "lines",
-        "parent_id",
         "recording",
         "remote",
         "trace_id",
         "tracestate",
     )
 
-    def __init__(self, trace_id: str, parent_id: str, flags: int, remote: bool, lines: str) -> None:
+    def __init__(
+        self, trace_id: str, parent_id: str | None, flags: int, remote: bool, lines: str
+    ) -> None:
         self.trace_id = trace_id  # 32 lower-case hex digits
-        self.parent_id = parent_id  # the caller's span (remote), else the id sent upstream
+        #: the caller's span (remote), else the id sent upstream; None: the span-id of the
+        #: gateway's own traceparent in `lines` (a new trace that is not recorded, so that its
+        #: lines never change: the id is sliced from them only if asked for)
+        self._parent_id = parent_id
         self.flags = flags
         self.remote = remote  # the context came with the request
         #: the header lines the upstream receives, rendered once ("traceparent: ...\r\n", then
@@ -98,6 +104,13 @@ class RequestTrace:
         self.lines = lines
         self.tracestate: bytes | None = None  # the valid incoming tracestate
         self.recording: Recording | None = None  # sampled: the request's spans
+
+    @property
+    def parent_id(self) -> str:
+        """The caller's span (a context that came with the request), else the gateway's span
+        the upstream is told is its parent."""
+        parent_id = self._parent_id
+        return parent_id if parent_id is not None else self.lines[49:65]
 
     @property
     def traceparent(self) -> bytes:
@@ -195,6 +208,36 @@ def scan(headers: list[tuple[bytes, bytes]]) -> RequestTrace | None:
     return incoming(parent, count, states) if count else None
 
 
+def new_traceparent_py(pool: bytes, at: int, below: int, sample_all: bool) -> str | None:
+    """The `traceparent` header line of a new trace ("traceparent: 00-<trace-id>-<span-id>-<flags>
+    \r\n") from 24 random bytes of `pool` at `at`: sampled when `sample_all` or when the
+    trace-id's low 64 bits are below `below` (TraceIdRatioBased); None when an id is all zeros
+    (invalid). The Python twin of gateway/_trace.c's `new_traceparent`."""
+    ids = pool[at : at + _ID_BYTES]
+    trace_id, span_id = ids[:16], ids[16:]
+    if len(ids) != _ID_BYTES or trace_id == _ZERO_TRACE_BYTES or span_id == _ZERO_SPAN_BYTES:
+        return None
+    sampled = sample_all or int.from_bytes(trace_id[8:], "big") < below
+    flags = "01" if sampled else "00"
+    return f"traceparent: 00-{trace_id.hex()}-{span_id.hex()}-{flags}\r\n"
+
+
+_NewTraceparent: TypeAlias = Callable[[bytes, int, int, bool], str | None]
+
+
+def _c_twin() -> _NewTraceparent | None:
+    """gateway._trace.new_traceparent (gateway/_trace.c), or None in a build without C modules
+    (GATEWAY_PURE_PYTHON=1)."""
+    try:
+        from gateway._trace import new_traceparent
+    except ImportError:
+        return None
+    return new_traceparent
+
+
+_C_NEW_TRACEPARENT: Final = _c_twin()
+
+
 class RequestTracer:
     """Gives every request a trace context (`tracing:` configured); one per runtime."""
 
@@ -202,12 +245,10 @@ class RequestTracer:
         self.recorder = recorder  # None: contexts are propagated, nothing is recorded
         #: TraceIdRatioBased's bound: a new trace is sampled when its id's low 64 bits are below
         self.bound = bound if recorder is not None else 0
-        #: the bound as 16 hex digits; None when it is 2**64 (every new trace is sampled)
-        self.bound_hex: str | None = f"{self.bound:016x}" if self.bound < 1 << 64 else None
-        #: its first digit: a trace-id whose low half starts above it is not sampled
-        self.bound_first = self.bound_hex[0] if self.bound_hex is not None else "f"
-        self._pool = ""  # random hex: 48 digits (trace-id, span-id) per new trace
-        self._next = _POOL_CHARS
+        self.sample_all = self.bound >= 1 << 64  # ratio 1: every new trace
+        self.below = 0 if self.sample_all else self.bound
+        self._pool = b""  # random bytes: 24 (trace-id, span-id) per new trace
+        self._next = _POOL_BYTES
 
     def begin(
         self,
@@ -229,32 +270,28 @@ class RequestTracer:
         return trace
 
     def new_trace(self) -> RequestTrace:
-        """A new trace-id and span-id; sampled by the trace-id. Ids come from a block of
-        random hex minted at once (one `os.urandom` per 256 traces): a slice each, no int."""
+        """A new trace-id and span-id, sampled by the trace-id. The ids come from a block of
+        random bytes read at once (one `os.urandom` per 256 traces); the header line the
+        upstream receives is written from them in one step (in C when built), and the ids are
+        slices of it."""
         at = self._next
-        if at >= _POOL_CHARS:
-            self._pool = os.urandom(_POOL_CHARS // 2).hex()
+        if at >= _POOL_BYTES:
+            self._pool = os.urandom(_POOL_BYTES)
             at = 0
-        self._next = at + 48
-        pool = self._pool
-        trace_id = pool[at : at + 32]
-        span_id = pool[at + 32 : at + 48]
-        if trace_id == _ZERO_TRACE_TEXT or span_id == _ZERO_PARENT_TEXT:
-            return self.new_trace()  # all zeros is invalid (one chance in 2**64)
-        # TraceIdRatioBased: sampled when the id's low 64 bits are below the bound; as
-        # fixed-width hex, comparing the text is comparing the numbers (the first digit
-        # alone settles most: no slice then). The upstream's parent is `span_id` unless the
-        # request is recorded (then its client span).
-        bound_hex = self.bound_hex
-        if self.bound and (
-            bound_hex is None or (trace_id[16] <= self.bound_first and trace_id[16:] < bound_hex)
-        ):
-            return RequestTrace(
-                trace_id, span_id, 1, False, f"traceparent: 00-{trace_id}-{span_id}-01\r\n"
-            )
-        return RequestTrace(
-            trace_id, span_id, 0, False, f"traceparent: 00-{trace_id}-{span_id}-00\r\n"
-        )
+        self._next = at + _ID_BYTES
+        line = None
+        if _C_NEW_TRACEPARENT is not None:
+            line = _C_NEW_TRACEPARENT(self._pool, at, self.below, self.sample_all)
+        if line is None:
+            line = new_traceparent_py(self._pool, at, self.below, self.sample_all)
+            if line is None:
+                return self.new_trace()  # all zeros is invalid (one chance in 2**64)
+        # "traceparent: 00-" trace-id (16:48) "-" span-id (49:65) "-" flags (66:68) "\r\n".
+        # The upstream's parent is that span-id unless the request is recorded (then its
+        # client span: set_upstream_parent, so the span-id is kept apart from the line).
+        if line[67] == "1":
+            return RequestTrace(line[16:48], line[49:65], 1, False, line)
+        return RequestTrace(line[16:48], None, 0, False, line)
 
 
 # -- spans of calls made on a request's behalf ----------------------------------------------

@@ -12,6 +12,8 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.proof import compute_proof
 from gateway.tracecontext import parse_traceparent, valid_tracestate
@@ -710,3 +712,37 @@ def test_new_traces_are_sampled_by_their_trace_id():
             assert t.traceparent.endswith(b"-01" if t.flags else b"-00")
         share = sum(t.flags for t in traces) / len(traces)
         assert abs(share - ratio) < 0.05
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    pool=st.binary(min_size=24, max_size=72),
+    at=st.integers(0, 48),
+    below=st.one_of(st.sampled_from([0, 1, 1 << 63, (1 << 64) - 1]), st.integers(0, (1 << 64) - 1)),
+    sample_all=st.booleans(),
+    zero=st.sampled_from([None, "trace", "span"]),
+)
+def test_new_traceparent_in_c_is_its_twin(pool, at, below, sample_all, zero):
+    """The C line of a new trace is the Python twin's for any bytes, bound and position
+    (all-zero ids included: None from both), and a valid W3C traceparent otherwise."""
+    from gateway.tracecontext import new_traceparent_py
+
+    try:
+        from gateway._trace import new_traceparent
+    except ImportError:
+        pytest.skip("a pure-Python build")
+    if zero is not None and at + 24 <= len(pool):
+        start = at if zero == "trace" else at + 16
+        size = 16 if zero == "trace" else 8
+        pool = pool[:start] + bytes(size) + pool[start + size :]
+    twin = new_traceparent_py(pool, at, below, sample_all) if at + 24 <= len(pool) else None
+    assert new_traceparent(pool, at, below, sample_all) == twin
+    if twin is not None:
+        assert len(twin) == 70 and twin.startswith("traceparent: ") and twin.endswith("\r\n")
+        trace = parse_traceparent(twin[13:-2].encode())
+        assert trace is not None and trace.trace_id == pool[at : at + 16].hex()
+        low = int.from_bytes(pool[at + 8 : at + 16], "big")
+        assert trace.flags == (1 if sample_all or low < below else 0)
+    else:  # only for an all-zero id (or no 24 bytes at `at`)
+        ids = pool[at : at + 24]
+        assert len(ids) < 24 or not any(ids[:16]) or not any(ids[16:])
