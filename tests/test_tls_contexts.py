@@ -199,3 +199,53 @@ async def test_client_context_verifies_ca_name_and_expiry(pki):
         insecure = client_tls("upstream billing", ClientTlsConfig(insecure_skip_verify=True))
     assert [e["event"] for e in logs] == ["tls_verification_disabled"]
     await against(pki.expired, insecure.context, "anything")
+
+
+async def test_ssl_objects_call_openssl_directly_on_both_sides(pki):
+    """Listener and client contexts make `DirectSSLObject`s, whose read / write / pending are
+    the C object's own (no Python frame per record); a real connection on each works, for
+    small writes and for a megabyte split over many records and reads both ways, and the SNI
+    callback still gets an SSLObject it can switch the context of."""
+    import random
+
+    from gateway.tls import DirectSSLObject
+
+    outer, holder = listener_tls(
+        "listen", ListenerTlsConfig(cert_file=pki.server.cert_file, key_file=pki.server.key_file)
+    )
+    client = client_context(ClientTlsConfig(ca_file=pki.ca_file))
+    assert outer.sslobject_class is DirectSSLObject
+    assert holder.context.sslobject_class is DirectSSLObject
+    assert client.sslobject_class is DirectSSLObject
+    accepted: list[ssl.SSLObject] = []
+
+    class Capture(Echo):
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            accepted.append(transport.get_extra_info("ssl_object"))
+
+    server = await asyncio.get_running_loop().create_server(Capture, "127.0.0.1", 0, ssl=outer)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client, server_hostname="localhost"
+        )
+        ours = writer.get_extra_info("ssl_object")
+        writer.write(b"ping")
+        assert await reader.readexactly(4) == b"ping"  # the server side is connected by now
+        for obj in (ours, accepted[0]):
+            assert isinstance(obj, DirectSSLObject)
+            raw = obj._sslobj
+            assert obj.read.__self__ is raw and obj.write.__self__ is raw
+            assert obj.pending.__self__ is raw
+        assert accepted[0].context is holder.context  # the SNI callback switched it
+        assert ours.selected_alpn_protocol() == "http/1.1"
+        blob = random.randbytes(1 << 20)
+        writer.write(blob)
+        assert await reader.readexactly(len(blob)) == blob
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
+    finally:
+        server.close()
+        await server.wait_closed()
