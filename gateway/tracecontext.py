@@ -199,12 +199,14 @@ def scan(headers: list[tuple[bytes, bytes]]) -> RequestTrace | None:
     parent = b""
     count = 0
     states: list[bytes] | None = None
-    for name, value in headers:
-        if name == TRACEPARENT:
-            parent = value
+    for header in headers:
+        name = header[0]
+        size = len(name)  # most names are neither length: no comparison
+        if size == 11 and name == TRACEPARENT:
+            parent = header[1]
             count += 1
-        elif name == TRACESTATE:
-            states = [value] if states is None else [*states, value]
+        elif size == 10 and name == TRACESTATE:
+            states = [header[1]] if states is None else [*states, header[1]]
     return incoming(parent, count, states) if count else None
 
 
