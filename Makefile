@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 NATIVE := $(VENV)/.native
 # The request path is compiled with mypyc (setup.py): rebuilt whenever a gateway source changes,
 # so that tests never run stale compiled code. GATEWAY_PURE_PYTHON=1 removes it instead.
-SOURCES := setup.py $(shell find gateway -name '*.py' -o -name '*.c')
+SOURCES := setup.py $(shell find gateway -name '*.py' -o -name '*.c' -o -name '*.h')
 
 .PHONY: demo test lint bench image clean install sysdeps sysdeps-bench
 

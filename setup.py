@@ -55,6 +55,8 @@ C_MODULES: list[tuple[str, str]] = [
     ("gateway.http._scan", "gateway/http/_scan.c"),
     ("gateway._trace", "gateway/_trace.c"),
 ]
+#: what they share (included by path from their own folder)
+C_HEADERS: list[str] = ["gateway/_text.h"]
 
 # What the compiled modules import, directly or through the modules they type-check against.
 # mypyc must see their real types: a compiled class with a base it cannot see (prometheus_client's
@@ -89,7 +91,8 @@ def ext_modules() -> list[object]:
     from mypyc.build import mypycify  # a build requirement (pyproject.toml)
 
     own_c = [
-        Extension(name, [source], extra_compile_args=["-O2", "-Wall"]) for name, source in C_MODULES
+        Extension(name, [source], depends=C_HEADERS, extra_compile_args=["-O2", "-Wall"])
+        for name, source in C_MODULES
     ]
     return [*mypycify([*MYPYC_FLAGS, *NATIVE_MODULES], group_name="gateway._native"), *own_c]
 

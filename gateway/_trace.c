@@ -22,6 +22,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "_text.h"
+
 #include <stdint.h>
 #include <string.h>
 
@@ -96,31 +98,6 @@ new_traceparent(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 }
 
 /* ------------------------------------------------------------------------------ OTLP spans */
-
-typedef struct {
-    const char *data;
-    Py_ssize_t size;
-} text;
-
-/* The UTF-8 of an exact str; 0 when it is something else or cannot be encoded. */
-static int
-utf8_of(PyObject *obj, text *out)
-{
-    if (!PyUnicode_CheckExact(obj)) {
-        return 0;
-    }
-    if (PyUnicode_IS_COMPACT_ASCII(obj)) {
-        out->data = (const char *)PyUnicode_DATA(obj);
-        out->size = PyUnicode_GET_LENGTH(obj);
-        return 1;
-    }
-    out->data = PyUnicode_AsUTF8AndSize(obj, &out->size);
-    if (out->data == NULL) {
-        PyErr_Clear();
-        return 0;
-    }
-    return 1;
-}
 
 static int
 hex_digit(unsigned char c)
