@@ -11,7 +11,7 @@ protobuf message per span, attribute and value, about 75 µs a span on the bench
 of it holding the GIL that the event loop needs. Our spans have a fixed, small shape (no events,
 no links, string, integer and boolean attributes), so each span is written field by field: in C
 (gateway/_trace.c, `encode_span`) when it is built, else by its Python twin here
-(`encode_span_py`, byte for byte the same): about 2 µs a span in Python, well under one in C.
+(`encode_span_py`, byte for byte the same): a few µs a span in compiled Python, under one in C.
 The parts that are not the gateway's own (the resource, with what `OTEL_RESOURCE_ATTRIBUTES`
 adds, and the instrumentation scope) are encoded once, by the SDK, at start (tracing.py), and
 reused as bytes. tests/test_otlp.py holds the bodies to the SDK's
