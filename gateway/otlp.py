@@ -70,7 +70,7 @@ def varint(n: int) -> bytes:
 def field(tag: bytes, payload: bytes) -> bytes:
     """A length-delimited field: its tag, the payload's length, the payload."""
     n = len(payload)
-    return tag + (_BYTE[n] if n < 0x80 else varint(n)) + payload
+    return tag + varint(n) + payload
 
 
 _KEYS: dict[str, bytes] = {}  # attribute key -> its KeyValue.key field (the keys are few)
@@ -81,10 +81,6 @@ def _key(key: str) -> bytes:
     if encoded is None:
         encoded = _KEYS[key] = field(b"\x0a", key.encode())
     return encoded
-
-
-def _length(n: int) -> bytes:
-    return _BYTE[n] if n < 0x80 else varint(n)
 
 
 def trace_state(raw: bytes) -> str:
@@ -118,7 +114,7 @@ def encode_span_py(
         parts.append(bytes.fromhex(parent))
     encoded_name = name.encode()
     parts.append(_NAME)
-    parts.append(_length(len(encoded_name)))
+    parts.append(varint(len(encoded_name)))
     parts.append(encoded_name)
     parts.append(_KINDS[kind])
     parts.append(_START)
@@ -131,12 +127,12 @@ def encode_span_py(
         if isinstance(value, str):
             data = value.encode()
             size = len(data)
-            head = _length(size)
+            head = varint(size)
             any_size = 1 + len(head) + size
-            any_head = _length(any_size)
+            any_head = varint(any_size)
             kv_size = len(encoded_key) + 1 + len(any_head) + any_size
             parts.append(_ATTRIBUTE)
-            parts.append(_length(kv_size))
+            parts.append(varint(kv_size))
             parts.append(encoded_key)
             parts.append(b"\x12")
             parts.append(any_head)
@@ -149,7 +145,7 @@ def encode_span_py(
             any_size = 1 + len(number)
             kv_size = len(encoded_key) + 2 + any_size  # any_size < 128: a one-byte length
             parts.append(_ATTRIBUTE)
-            parts.append(_length(kv_size))
+            parts.append(varint(kv_size))
             parts.append(encoded_key)
             parts.append(b"\x12")
             parts.append(_BYTE[any_size])
@@ -219,7 +215,7 @@ class Envelope:
                 state = "" if trace.tracestate is None else trace_state(trace.tracestate)
             encoded = encode_span(span, trace_id, state)
             parts.append(_SPAN)
-            parts.append(_length(len(encoded)))
+            parts.append(varint(len(encoded)))
             parts.append(encoded)
         parts.append(self.scope_schema)
         scope_spans = field(b"\x12", b"".join(parts))

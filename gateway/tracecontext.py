@@ -245,10 +245,11 @@ class RequestTracer:
 
     def __init__(self, recorder: Recorder | None, bound: int) -> None:
         self.recorder = recorder  # None: contexts are propagated, nothing is recorded
+        if recorder is None:
+            bound = 0  # propagated only: no new trace is sampled
+        self.sample_all = bound >= 1 << 64  # ratio 1: every new trace
         #: TraceIdRatioBased's bound: a new trace is sampled when its id's low 64 bits are below
-        self.bound = bound if recorder is not None else 0
-        self.sample_all = self.bound >= 1 << 64  # ratio 1: every new trace
-        self.below = 0 if self.sample_all else self.bound
+        self.below = 0 if self.sample_all else bound
         self._pool = b""  # random bytes: 24 (trace-id, span-id) per new trace
         self._next = _POOL_BYTES
 
