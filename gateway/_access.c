@@ -4,6 +4,8 @@
  * that): the same keys in the same order, str values escaped as orjson escapes them (`"`, `\`,
  * control characters as \b \t \n \f \r or \u00xx; DEL and non-ASCII as raw UTF-8), ints in
  * decimal, duration_ms from whole microseconds with 3 decimals (floor division, as Python's //).
+ * The trace-id is read from the request's `traceparent` header line as the twin slices it
+ * (characters 16 to 48), so that the caller makes no str for it.
  *
  * The line is written into a stack buffer when its worst case fits (every string byte escaped to
  * 6 bytes), else into a heap buffer of that worst case, and copied once into the bytes object.
@@ -62,12 +64,37 @@ put(char *w, const char *s, size_t n)
 
 #define PUT_LITERAL(w, s) put((w), (s), sizeof(s) - 1)
 
-/* The string's bytes escaped as in a JSON string literal (no quotes): at most 6 bytes each. */
+/* Whether any of the 8 bytes in `x` is escaped: below 0x20, `"` or `\`. The classic
+ * "has a zero byte" test (of x ^ '"' and x ^ '\'), and its "has a byte below n" form: exact
+ * about whether there is one (a borrow only ever follows a byte that is one). */
+static inline int
+escapes_in(uint64_t x)
+{
+    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+    uint64_t quote = x ^ (ones * '"'), backslash = x ^ (ones * '\\');
+    uint64_t found = ((x - ones * 0x20) & ~x) | ((quote - ones) & ~quote)
+                     | ((backslash - ones) & ~backslash);
+    return (found & highs) != 0;
+}
+
+/* The string's bytes escaped as in a JSON string literal (no quotes): at most 6 bytes each.
+ * Eight bytes at a time while none of them is escaped (ids, paths, addresses), then runs of
+ * bytes written as they are between escaped ones. */
 static char *
 put_escaped(char *w, const text *t)
 {
     const unsigned char *s = (const unsigned char *)t->data;
     const unsigned char *end = s + t->size;
+    while (end - s >= 8) {
+        uint64_t x;
+        memcpy(&x, s, 8);
+        if (escapes_in(x)) {
+            break;
+        }
+        memcpy(w, &x, 8);
+        w += 8;
+        s += 8;
+    }
     while (s < end) {
         const unsigned char *run = s;
         while (s < end && ESCAPE[*s] == 0) {
@@ -119,10 +146,47 @@ put_int(char *w, long long value)
 }
 
 
+/* The code points [TRACE_ID_START, TRACE_ID_STOP) of a `traceparent` header line (its
+ * trace-id, "traceparent: vv-" coming first) out of the line's UTF-8 `t` (valid: no lone
+ * surrogates), clipped as a Python slice is. `chars` is the str's length: equal to the byte
+ * size when every character is one byte (the gateway's own lines). */
+#define TRACE_ID_START 16
+#define TRACE_ID_STOP 48
+
+static text
+trace_id_in(text t, Py_ssize_t chars)
+{
+    text id;
+    if (chars == t.size) {
+        Py_ssize_t start = chars < TRACE_ID_START ? chars : TRACE_ID_START;
+        Py_ssize_t stop = chars < TRACE_ID_STOP ? chars : TRACE_ID_STOP;
+        id.data = t.data + start;
+        id.size = stop - start;
+        return id;
+    }
+    const char *p = t.data, *end = t.data + t.size, *first = end, *last = end;
+    Py_ssize_t index = 0;
+    for (; p < end; p++) {
+        if (((unsigned char)*p & 0xC0) != 0x80) { /* a character starts here */
+            if (index == TRACE_ID_START) {
+                first = p;
+            }
+            if (index == TRACE_ID_STOP) {
+                last = p;
+                break;
+            }
+            index++;
+        }
+    }
+    id.data = first;
+    id.size = last - first;
+    return id;
+}
+
 static PyObject *
 access_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    text request_id, client, method, path, route, upstream, reason, trace_id;
+    text request_id, client, method, path, route, upstream, reason, trace_line, trace_id;
     long long status, duration_us, sent, whole_ms, us_left;
     int has_upstream, has_reason, has_trace;
     (void)module;
@@ -139,8 +203,11 @@ access_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         || !int64_of(args[5], &status) || (has_upstream && !utf8_of(args[6], &upstream))
         || !int64_of(args[7], &duration_us) || !int64_of(args[8], &sent)
         || (has_reason && !utf8_of(args[9], &reason))
-        || (has_trace && !utf8_of(args[10], &trace_id))) {
+        || (has_trace && !utf8_of(args[10], &trace_line))) {
         Py_RETURN_NONE; /* the Python twin's business */
+    }
+    if (has_trace) {
+        trace_id = trace_id_in(trace_line, PyUnicode_GET_LENGTH(args[10]));
     }
 
     /* The worst case: the keys and punctuation, four ints, every string byte escaped to 6. */
@@ -217,7 +284,7 @@ access_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 static PyMethodDef methods[] = {
     {"access_line", (PyCFunction)(void (*)(void))access_line, METH_FASTCALL,
      "access_line(request_id, client, method, path, route, status, upstream, duration_us, sent,"
-     " reason, trace_id=None, /)\n--\n\n"
+     " reason, traceparent_line=None, /)\n--\n\n"
      "The JSON access line as bytes (gateway.logs.access_line_py's twin), or None for an input "
      "left to the Python twin (a str that is not UTF-8-encodable, a subclass, an int outside "
      "int64)."},

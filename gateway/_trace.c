@@ -1,13 +1,23 @@
 /* gateway._trace: the two steps of tracing where even compiled Python makes too many objects.
  *
- * new_traceparent(pool, at, below, sample_all) -> str | None
+ * new_traceparent(pool, slot, below, sample_all) -> str | None
  *     The `traceparent` header line of a new trace, "traceparent: 00-<trace-id>-<span-id>-<flags>\r\n"
- *     (70 characters), from 24 random bytes of `pool` at `at` (16 for the trace-id, 8 for the
- *     span-id), sampled ("01") when `sample_all` or when the trace-id's low 64 bits (big-endian)
- *     are below `below`, as OpenTelemetry's TraceIdRatioBased decides. None when either id is all
- *     zeros (invalid in W3C Trace Context; the caller takes the next bytes). The twin is
- *     gateway.tracecontext.new_traceparent_py; every request of a `tracing:` gateway without an
- *     incoming context runs this (one str, against three strs and a format in Python).
+ *     (70 characters), from the 24 random bytes of `pool`'s `slot` (at slot * 24: 16 for the
+ *     trace-id, 8 for the span-id), sampled ("01") when `sample_all` or when the trace-id's low
+ *     64 bits (big-endian) are below `below`, as OpenTelemetry's TraceIdRatioBased decides. None
+ *     when either id is all zeros (invalid in W3C Trace Context; the caller takes the next
+ *     slot). The twin is gateway.tracecontext.new_traceparent_py; a new trace that is sampled
+ *     runs this (one str, against three strs and a format in Python).
+ *
+ * quiet_traceparent(headers, pool, slot, below) -> str | None
+ *     The common case of a `tracing:` gateway in one call: the request's header list (lower-case
+ *     names) has no `traceparent`, and the new trace from the ids of `slot` is valid and not
+ *     sampled (its trace-id's low 64 bits are not below the bound, given as its 8 big-endian
+ *     bytes `below`, so that no int is made per call): its line, ending "-00\r\n".
+ *     None in every other case (an incoming context, a sampled or invalid new trace, an input
+ *     that is not exactly a list of (bytes, bytes) tuples), which the caller leaves to the full
+ *     path (gateway/tracecontext.py, RequestTracer.begin). The twin is
+ *     gateway.tracecontext.quiet_traceparent_py. No object is made but the line.
  *
  * encode_span(trace_id, span_id, parent, state, name, kind, start, end, attributes, error,
  *             remote) -> bytes | None
@@ -33,52 +43,69 @@ static char HEX_PAIRS[256][2];
 #define ID_BYTES 24    /* trace-id (16) and span-id (8) */
 #define LINE_CHARS 70  /* "traceparent: 00-" 32 "-" 16 "-00\r\n" */
 
-static PyObject *
-new_traceparent(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+/* The 24 id bytes of `pool`'s slot (at slot * 24; an exact bytes object and an exact int): 1
+ * with *id set, 0 when there are no such bytes or the inputs are left to the twin. */
+static int
+ids_at(PyObject *pool, PyObject *slot_obj, const unsigned char **id)
 {
-    (void)module;
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "new_traceparent() takes 4 arguments");
-        return NULL;
+    if (!PyBytes_CheckExact(pool) || !PyLong_CheckExact(slot_obj)) {
+        return 0;
     }
-    PyObject *pool = args[0];
-    if (!PyBytes_CheckExact(pool) || !PyLong_CheckExact(args[1]) || !PyLong_CheckExact(args[2])) {
-        Py_RETURN_NONE;
-    }
-    Py_ssize_t at = PyLong_AsSsize_t(args[1]);
-    if (at == -1 && PyErr_Occurred()) {
+    Py_ssize_t slot = PyLong_AsSsize_t(slot_obj);
+    if (slot == -1 && PyErr_Occurred()) {
         PyErr_Clear();
-        Py_RETURN_NONE;
+        return 0;
     }
-    if (at < 0 || at > PyBytes_GET_SIZE(pool) - ID_BYTES) {
-        Py_RETURN_NONE;
+    Py_ssize_t size = PyBytes_GET_SIZE(pool);
+    if (slot < 0 || size < ID_BYTES || slot > (size - ID_BYTES) / ID_BYTES) {
+        return 0;
     }
-    unsigned long long below = PyLong_AsUnsignedLongLong(args[2]);
-    if (below == (unsigned long long)-1 && PyErr_Occurred()) {
-        PyErr_Clear();
-        Py_RETURN_NONE;
-    }
-    int sample_all = PyObject_IsTrue(args[3]);
-    if (sample_all < 0) {
-        return NULL;
-    }
-    const unsigned char *id = (const unsigned char *)PyBytes_AS_STRING(pool) + at;
-    unsigned char trace_bits = 0, span_bits = 0;
-    uint64_t low = 0;
-    for (int i = 0; i < 16; i++) {
-        trace_bits |= id[i];
-    }
-    for (int i = 16; i < ID_BYTES; i++) {
-        span_bits |= id[i];
-    }
-    if (trace_bits == 0 || span_bits == 0) {
-        Py_RETURN_NONE;
-    }
-    for (int i = 8; i < 16; i++) {
-        low = (low << 8) | id[i];
-    }
-    int sampled = sample_all || low < below;
+    *id = (const unsigned char *)PyBytes_AS_STRING(pool) + slot * ID_BYTES;
+    return 1;
+}
 
+/* `below` as TraceIdRatioBased's bound (an exact int that fits 64 bits): 1, or 0 */
+static int
+bound_of(PyObject *obj, uint64_t *below)
+{
+    if (!PyLong_CheckExact(obj)) {
+        return 0;
+    }
+    unsigned long long value = PyLong_AsUnsignedLongLong(obj);
+    if (value == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    *below = value;
+    return 1;
+}
+
+/* Whether both ids are valid (not all zeros); *low: the trace-id's low 64 bits, big-endian */
+static int
+valid_ids(const unsigned char *id, uint64_t *low)
+{
+    uint64_t high, bits, span;
+    memcpy(&high, id, 8);
+    memcpy(&bits, id + 8, 8);
+    memcpy(&span, id + 16, 8);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    *low = __builtin_bswap64(bits);
+#elif defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    *low = bits;
+#else
+    uint64_t value = 0;
+    for (int i = 8; i < 16; i++) {
+        value = (value << 8) | id[i];
+    }
+    *low = value;
+#endif
+    return (high | bits) != 0 && span != 0;
+}
+
+/* The 70-character header line of the ids, sampled or not */
+static PyObject *
+line_of(const unsigned char *id, int sampled)
+{
     PyObject *line = PyUnicode_New(LINE_CHARS, 127);
     if (line == NULL) {
         return NULL;
@@ -95,6 +122,73 @@ new_traceparent(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     memcpy(w, sampled ? "-01\r\n" : "-00\r\n", 5);
     return line;
+}
+
+static PyObject *
+new_traceparent(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "new_traceparent() takes 4 arguments");
+        return NULL;
+    }
+    const unsigned char *id;
+    uint64_t below, low;
+    if (!ids_at(args[0], args[1], &id) || !bound_of(args[2], &below)) {
+        Py_RETURN_NONE;
+    }
+    int sample_all = PyObject_IsTrue(args[3]);
+    if (sample_all < 0) {
+        return NULL;
+    }
+    if (!valid_ids(id, &low)) {
+        Py_RETURN_NONE;
+    }
+    return line_of(id, sample_all || low < below);
+}
+
+/* Whether the header list (lower-case names) has a `traceparent` field: 1, 0, or -1 when it
+ * is not a list of (bytes, bytes) tuples (left to the twin) */
+static int
+has_traceparent(PyObject *headers)
+{
+    if (!PyList_CheckExact(headers)) {
+        return -1;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(headers);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *field = PyList_GET_ITEM(headers, i);
+        if (!PyTuple_CheckExact(field) || PyTuple_GET_SIZE(field) != 2) {
+            return -1;
+        }
+        PyObject *name = PyTuple_GET_ITEM(field, 0);
+        if (!PyBytes_CheckExact(name)) {
+            return -1;
+        }
+        if (PyBytes_GET_SIZE(name) == 11 && memcmp(PyBytes_AS_STRING(name), "traceparent", 11) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *
+quiet_traceparent(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "quiet_traceparent() takes 4 arguments");
+        return NULL;
+    }
+    const unsigned char *id;
+    uint64_t low;
+    PyObject *below = args[3];
+    if (has_traceparent(args[0]) != 0 || !ids_at(args[1], args[2], &id)
+        || !PyBytes_CheckExact(below) || PyBytes_GET_SIZE(below) != 8 || !valid_ids(id, &low)
+        || memcmp(id + 8, PyBytes_AS_STRING(below), 8) < 0) {
+        Py_RETURN_NONE; /* not sampled: the low 64 bits (big-endian) are not below the bound's */
+    }
+    return line_of(id, 0);
 }
 
 /* ------------------------------------------------------------------------------ OTLP spans */
@@ -372,9 +466,13 @@ done:
 
 static PyMethodDef methods[] = {
     {"new_traceparent", (PyCFunction)(void (*)(void))new_traceparent, METH_FASTCALL,
-     "new_traceparent(pool, at, below, sample_all, /)\n--\n\n"
-     "The traceparent header line of a new trace from 24 bytes of pool at `at` "
+     "new_traceparent(pool, slot, below, sample_all, /)\n--\n\n"
+     "The traceparent header line of a new trace from the 24 bytes of pool's slot "
      "(gateway.tracecontext.new_traceparent_py's twin), or None."},
+    {"quiet_traceparent", (PyCFunction)(void (*)(void))quiet_traceparent, METH_FASTCALL,
+     "quiet_traceparent(headers, pool, slot, below, /)\n--\n\n"
+     "The traceparent header line of a new trace that is not sampled, for a request without a "
+     "traceparent (gateway.tracecontext.quiet_traceparent_py's twin), or None."},
     {"encode_span", (PyCFunction)(void (*)(void))encode_span, METH_FASTCALL,
      "encode_span(trace_id, span_id, parent, state, name, kind, start, end, attributes, error, "
      "remote, /)\n--\n\n"

@@ -85,7 +85,13 @@ class Pipeline:
         tracer = self.tracer
         if tracer is not None:
             head = ex.head
-            ex.trace = tracer.begin(head.headers, head.method, head.path, head.host, ex.conn.scheme)
+            line = tracer.quiet_line(head.headers)
+            if line is not None:
+                ex.trace_line = line
+            else:
+                ex.trace = tracer.begin(
+                    head.headers, head.method, head.path, head.host, ex.conn.scheme
+                )
         try:
             if ex.preset_error is not None:
                 raise ex.preset_error

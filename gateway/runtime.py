@@ -97,9 +97,9 @@ class Runtime:
             name = "session" if ex.head.path == self.session_path else "none"
         status = ex.status or 499
         trace = ex.trace
-        trace_id = None
-        if trace is not None or error is not None or not forwarded:
-            trace_id = _end_trace(ex, trace, status)
+        trace_line = ex.trace_line or None  # a new trace that is not recorded: its line
+        if trace_line is None and (trace is not None or error is not None or not forwarded):
+            trace_line = _end_trace(ex, trace, status)
         self.metrics.stats.observe(name, ex.head.method, status, seconds)
         if error is not None:
             self.metrics.denials.labels(name, error.reason).inc()
@@ -110,7 +110,7 @@ class Runtime:
                 ex.head.request_id, ex.client_ip, ex.head.method, _loggable_path(ex), name, status,
                 route.upstream if route and forwarded and error is None else None,
                 int(seconds * 1_000_000), ex.bytes_sent,
-                error.reason if error is not None else None, trace_id,
+                error.reason if error is not None else None, trace_line,
             )  # fmt: skip
 
     def close_pools(self, keep: dict[str, UpstreamPool] | None = None) -> None:
@@ -121,9 +121,9 @@ class Runtime:
 
 
 def _end_trace(ex: Exchange, trace: RequestTrace | None, status: int) -> str | None:
-    """End a recorded exchange's spans; the trace-id for its access line. A refused request
-    that never reached the forward stage, and a forward-auth decision, are looked at here for
-    the context they came with."""
+    """End a recorded exchange's spans; the trace context for its access line (its
+    `traceparent` line). A refused request that never reached the forward stage, and a
+    forward-auth decision, are looked at here for the context they came with."""
     if trace is None:
         trace = scan(ex.head.headers)
         if trace is None:
@@ -136,7 +136,7 @@ def _end_trace(ex: Exchange, trace: RequestTrace | None, status: int) -> str | N
             error.reason if error is not None else None,
             _route_template(route.kind, route.matcher) if route is not None else None,
         )
-    return trace.trace_id
+    return trace.lines
 
 
 def _route_template(kind: str, matcher: str) -> str:

@@ -3,9 +3,12 @@ upstream, and the hooks through which a sampled request's spans are recorded.
 
 Without `tracing:` only a request that carries a `traceparent` pays anything: a valid one (and
 its `tracestate`) is passed upstream unchanged, an invalid one is dropped (upstream_headers.py).
-With it, `RequestTracer.begin` gives every request a context (the incoming one, or a new trace)
-and decides sampling at once from the trace-id, as ParentBased(TraceIdRatioBased) would; only a
-sampled request gets a `Recording`, whose spans gateway/tracing.py records and exports. Calls
+With it, every request gets a context (the incoming one, or a new trace) and sampling is decided
+at once from the trace-id, as ParentBased(TraceIdRatioBased) would. Most requests (no incoming
+`traceparent`, a new trace that is not sampled) get only the `traceparent` line the upstream
+receives, in one C call (`RequestTracer.quiet_line`; the access log reads the trace-id from the
+line); the others get a `RequestTrace` (`RequestTracer.begin`), and a sampled one a
+`Recording`, whose spans gateway/tracing.py records and exports. Calls
 made on a request's behalf (IdP, JWKS, Redis) open their span through `client_span()`, which
 finds the request's span in a context variable and is a no-op object otherwise.
 """
@@ -39,7 +42,10 @@ _VALUE: Final = re.compile(rb"[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d
 _MAX_MEMBERS: Final = 32
 _OWS: Final = b" \t"
 _ID_BYTES: Final = 24  # a new trace's random trace-id (16) and span-id (8)
-_POOL_BYTES: Final = _ID_BYTES * 256  # random bytes read at once
+#: new traces' ids read at once; their slots (0-255) are ints CPython keeps made, so that
+#: passing one to C allocates nothing
+_POOL_SLOTS: Final = 256
+_POOL_BYTES: Final = _ID_BYTES * _POOL_SLOTS
 _ZERO_TRACE_BYTES: Final = bytes(16)
 _ZERO_SPAN_BYTES: Final = bytes(8)
 
@@ -210,12 +216,13 @@ def scan(headers: list[tuple[bytes, bytes]]) -> RequestTrace | None:
     return incoming(parent, count, states) if count else None
 
 
-def new_traceparent_py(pool: bytes, at: int, below: int, sample_all: bool) -> str | None:
+def new_traceparent_py(pool: bytes, slot: int, below: int, sample_all: bool) -> str | None:
     """The `traceparent` header line of a new trace ("traceparent: 00-<trace-id>-<span-id>-<flags>
-    \r\n") from 24 random bytes of `pool` at `at`: sampled when `sample_all` or when the
-    trace-id's low 64 bits are below `below` (TraceIdRatioBased); None when an id is all zeros
-    (invalid). The Python twin of gateway/_trace.c's `new_traceparent`."""
-    ids = pool[at : at + _ID_BYTES]
+    \r\n") from the 24 random bytes of `pool`'s `slot` (at slot * 24): sampled when
+    `sample_all` or when the trace-id's low 64 bits are below `below` (TraceIdRatioBased); None
+    when an id is all zeros (invalid). The Python twin of gateway/_trace.c's `new_traceparent`."""
+    at = slot * _ID_BYTES
+    ids = pool[at : at + _ID_BYTES] if slot >= 0 else b""
     trace_id, span_id = ids[:16], ids[16:]
     if len(ids) != _ID_BYTES or trace_id == _ZERO_TRACE_BYTES or span_id == _ZERO_SPAN_BYTES:
         return None
@@ -224,20 +231,39 @@ def new_traceparent_py(pool: bytes, at: int, below: int, sample_all: bool) -> st
     return f"traceparent: 00-{trace_id.hex()}-{span_id.hex()}-{flags}\r\n"
 
 
-_NewTraceparent: TypeAlias = Callable[[bytes, int, int, bool], str | None]
-
-
-def _c_twin() -> _NewTraceparent | None:
-    """gateway._trace.new_traceparent (gateway/_trace.c), or None in a build without C modules
-    (GATEWAY_PURE_PYTHON=1)."""
-    try:
-        from gateway._trace import new_traceparent
-    except ImportError:
+def quiet_traceparent_py(
+    headers: list[tuple[bytes, bytes]], pool: bytes, slot: int, below: bytes
+) -> str | None:
+    """The line of a new trace that is not sampled (`below`: TraceIdRatioBased's bound as 8
+    big-endian bytes), for a request without a `traceparent` field; None otherwise (an incoming
+    context, a sampled or invalid new trace), which `RequestTracer.begin` handles. The Python
+    twin of gateway/_trace.c's `quiet_traceparent`."""
+    for header in headers:
+        if header[0] == TRACEPARENT:
+            return None
+    if len(below) != 8:
         return None
-    return new_traceparent
+    line = new_traceparent_py(pool, slot, int.from_bytes(below, "big"), False)
+    return line if line is not None and line[67] == "0" else None
 
 
-_C_NEW_TRACEPARENT: Final = _c_twin()
+_NewTraceparent: TypeAlias = Callable[[bytes, int, int, bool], str | None]
+_QuietTraceparent: TypeAlias = Callable[[list[tuple[bytes, bytes]], bytes, int, bytes], str | None]
+
+
+def _twins() -> tuple[_NewTraceparent | None, _QuietTraceparent]:
+    """gateway._trace's `new_traceparent` and `quiet_traceparent` (gateway/_trace.c); in a
+    build without C modules (GATEWAY_PURE_PYTHON=1), None and the Python twin."""
+    try:
+        from gateway._trace import new_traceparent, quiet_traceparent
+    except ImportError:
+        return None, quiet_traceparent_py
+    return new_traceparent, quiet_traceparent
+
+
+_TWINS: Final = _twins()
+_C_NEW_TRACEPARENT: Final = _TWINS[0]
+_QUIET_TRACEPARENT: Final = _TWINS[1]
 
 
 class RequestTracer:
@@ -250,8 +276,25 @@ class RequestTracer:
         self.sample_all = bound >= 1 << 64  # ratio 1: every new trace
         #: TraceIdRatioBased's bound: a new trace is sampled when its id's low 64 bits are below
         self.below = 0 if self.sample_all else bound
+        self._below_bytes = self.below.to_bytes(8, "big")  # the same for quiet_traceparent
         self._pool = b""  # random bytes: 24 (trace-id, span-id) per new trace
-        self._next = _POOL_BYTES
+        self._next = _POOL_SLOTS  # the next slot of the pool (all used: read a new pool)
+
+    def quiet_line(self, headers: list[tuple[bytes, bytes]]) -> str | None:
+        """Most requests in one step: no incoming `traceparent` and a new trace that is not
+        sampled get only the line the upstream receives (no `RequestTrace`; the trace-id is
+        its [16:48]). None: `begin()` gives the request its context (the same new ids, when
+        it starts a trace)."""
+        if self.sample_all:
+            return None
+        slot = self._next
+        if slot >= _POOL_SLOTS:
+            self._pool = os.urandom(_POOL_BYTES)
+            self._next = slot = 0
+        line = _QUIET_TRACEPARENT(headers, self._pool, slot, self._below_bytes)
+        if line is not None:
+            self._next = slot + 1
+        return line
 
     def begin(
         self,
@@ -277,16 +320,16 @@ class RequestTracer:
         random bytes read at once (one `os.urandom` per 256 traces); the header line the
         upstream receives is written from them in one step (in C when built), and the ids are
         slices of it."""
-        at = self._next
-        if at >= _POOL_BYTES:
+        slot = self._next
+        if slot >= _POOL_SLOTS:
             self._pool = os.urandom(_POOL_BYTES)
-            at = 0
-        self._next = at + _ID_BYTES
+            slot = 0
+        self._next = slot + 1
         line = None
         if _C_NEW_TRACEPARENT is not None:
-            line = _C_NEW_TRACEPARENT(self._pool, at, self.below, self.sample_all)
+            line = _C_NEW_TRACEPARENT(self._pool, slot, self.below, self.sample_all)
         if line is None:
-            line = new_traceparent_py(self._pool, at, self.below, self.sample_all)
+            line = new_traceparent_py(self._pool, slot, self.below, self.sample_all)
             if line is None:
                 return self.new_trace()  # all zeros is invalid (one chance in 2**64)
         # "traceparent: 00-" trace-id (16:48) "-" span-id (49:65) "-" flags (66:68) "\r\n".

@@ -260,5 +260,5 @@ def upstream_request(
         ex.body_mode,
         ex.content_length,
         added,
-        trace.lines if trace is not None else "",
+        trace.lines if trace is not None else ex.trace_line,
     )

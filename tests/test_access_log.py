@@ -55,15 +55,20 @@ _TEXT = st.one_of(
     sent=st.integers(min_value=0, max_value=2**53),
     reason=st.one_of(st.none(), _TEXT),
     trace_id=st.one_of(st.none(), st.from_regex(r"[0-9a-f]{32}", fullmatch=True)),
+    span_id=st.from_regex(r"[0-9a-f]{16}", fullmatch=True),
+    state=st.sampled_from(["", "tracestate: rojo=00f067aa0ba902b7\r\n"]),
 )
 def test_access_line_is_the_json_object_of_its_fields(
     twin, request_id, client, method, path, route, status, upstream, duration_us, sent, reason,
-    trace_id,
+    trace_id, span_id, state,
 ):  # fmt: skip
+    """The trace-id comes from the request's traceparent line (and its tracestate line, when
+    there is one, is not read)."""
     render = c_twin() if twin == "c" else access_line_py
+    trace = f"traceparent: 00-{trace_id}-{span_id}-01\r\n{state}" if trace_id else None
     line = render(
         request_id, client, method, path, route, status, upstream, duration_us, sent, reason,
-        trace_id,
+        trace,
     )  # fmt: skip
     assert line is not None  # the C twin left none of these to the Python one
     expected = {
@@ -124,18 +129,22 @@ _INT64 = st.one_of(
 )
 def test_c_and_python_twins_write_the_same_bytes(strings, optional, ints):
     """Any str, the ids too (escaped by both twins), any int64 (negative durations are floor
-    divided, as Python's //): the C twin writes the Python twin's line, byte for byte."""
+    divided, as Python's //), any str as the traceparent line (its characters 16 to 48, fewer
+    when it is short, counted in characters whatever their UTF-8 size): the C twin writes the
+    Python twin's line, byte for byte."""
     c_line = c_twin()
     request_id, client, method, path, route = strings
-    upstream, reason, trace_id = optional
+    upstream, reason, trace_line = optional
     status, duration_us, sent = ints
     args = (
         request_id, client, method, path, route, status, upstream, duration_us, sent, reason,
-        trace_id,
+        trace_line,
     )  # fmt: skip
     line = c_line(*args)
     assert line == access_line_py(*args)
     assert orjson.loads(line)["path"] == path
+    if trace_line is not None:
+        assert orjson.loads(line)["trace_id"] == trace_line[16:48]
 
 
 _SURROGATE = st.text(st.characters(categories=["Cs"]), min_size=1, max_size=3)
@@ -144,13 +153,15 @@ _SURROGATE = st.text(st.characters(categories=["Cs"]), min_size=1, max_size=3)
 @settings(max_examples=200, deadline=None)
 @given(
     where=st.integers(0, 7),
-    surrogates=st.builds(lambda a, s, b: a + s + b, _TEXT, _SURROGATE, _TEXT),
+    parts=st.tuples(_TEXT, _SURROGATE, _TEXT),
 )
-def test_a_str_that_is_not_utf8_is_left_to_the_python_twin(where, surrogates):
-    """Lone surrogates in any str: the C twin answers None, and access_line raises what the
-    Python twin raises (orjson's error, or the encoder's for the ids)."""
-    strings = ["r1", "10.0.0.1", "GET", "/a", "route", "up", "reason", "0af7651916cd43dd"]
-    strings[where] = surrogates
+def test_a_str_that_is_not_utf8_is_left_to_the_python_twin(where, parts):
+    """Lone surrogates in any str (in the trace line, where its trace-id is read, from its
+    16th character): the C twin answers None, and access_line raises what the Python twin
+    raises (orjson's error, or the encoder's for the ids)."""
+    before, surrogates, after = parts
+    strings = ["r1", "10.0.0.1", "GET", "/a", "route", "up", "reason", "traceparent: 00-"]
+    strings[where] = (before if where < 7 else strings[7]) + surrogates + after
     request_id, client, method, path, route, upstream, reason, trace_id = strings
     args = (
         request_id, client, method, path, route, 200, upstream, 1500, 12, reason, trace_id,

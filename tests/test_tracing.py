@@ -5,6 +5,7 @@ a hanging or dead collector never holds a request, and what it loses is counted.
 from __future__ import annotations
 
 import asyncio
+import re
 import statistics
 import time
 from typing import Any
@@ -373,6 +374,26 @@ async def test_unsampled_new_trace_is_started_and_propagated(
     assert otlp_receiver.spans == []
 
 
+async def test_refused_request_of_a_new_unsampled_trace_logs_its_trace_id(
+    echo_upstream, make_gateway, otlp_receiver, capfd
+):
+    """A request without context that is refused (401, 404) still gets the new trace's id in
+    its access line, one id per request, and nothing reaches the upstream or the collector."""
+    gw = await make_gateway(config(echo_upstream.url, traced(otlp_receiver, sample_ratio=0.0)))
+    assert (await fetch(gw.url + "/api/x"))[0] == 401
+    assert (await fetch(gw.url + "/nowhere"))[0] == 404
+    _, body = await fetch(gw.url + "/public/p")
+    (sent,) = received(body, "traceparent")
+    lines = access_lines(capfd, gw)
+    assert [line["status"] for line in lines] == [401, 404, 200]
+    ids = [line["trace_id"] for line in lines]
+    assert all(re.fullmatch("[0-9a-f]{32}", i) and i != "0" * 32 for i in ids)
+    assert len(set(ids)) == 3 and ids[2] == sent.split("-")[1]
+    assert echo_upstream.requests == 1
+    await gw.gateway.drain()
+    assert otlp_receiver.spans == []
+
+
 async def test_invalid_context_starts_a_new_trace_with_tracing(
     echo_upstream, make_gateway, otlp_receiver
 ):
@@ -716,33 +737,105 @@ def test_new_traces_are_sampled_by_their_trace_id():
 
 @settings(max_examples=400, deadline=None)
 @given(
-    pool=st.binary(min_size=24, max_size=72),
-    at=st.integers(0, 48),
+    pool=st.binary(min_size=0, max_size=80),
+    slot=st.integers(-2, 4),
     below=st.one_of(st.sampled_from([0, 1, 1 << 63, (1 << 64) - 1]), st.integers(0, (1 << 64) - 1)),
     sample_all=st.booleans(),
     zero=st.sampled_from([None, "trace", "span"]),
 )
-def test_new_traceparent_in_c_is_its_twin(pool, at, below, sample_all, zero):
-    """The C line of a new trace is the Python twin's for any bytes, bound and position
-    (all-zero ids included: None from both), and a valid W3C traceparent otherwise."""
+def test_new_traceparent_in_c_is_its_twin(pool, slot, below, sample_all, zero):
+    """The C line of a new trace is the Python twin's for any bytes, bound and slot (all-zero
+    ids, a slot past the pool's end or before it included: None from both), and a valid W3C
+    traceparent otherwise."""
     from gateway.tracecontext import new_traceparent_py
 
     try:
         from gateway._trace import new_traceparent
     except ImportError:
         pytest.skip("a pure-Python build")
-    if zero is not None and at + 24 <= len(pool):
+    at = slot * 24
+    inside = slot >= 0 and at + 24 <= len(pool)
+    if zero is not None and inside:
         start = at if zero == "trace" else at + 16
         size = 16 if zero == "trace" else 8
         pool = pool[:start] + bytes(size) + pool[start + size :]
-    twin = new_traceparent_py(pool, at, below, sample_all) if at + 24 <= len(pool) else None
-    assert new_traceparent(pool, at, below, sample_all) == twin
+    twin = new_traceparent_py(pool, slot, below, sample_all)
+    assert new_traceparent(pool, slot, below, sample_all) == twin
     if twin is not None:
+        assert inside
         assert len(twin) == 70 and twin.startswith("traceparent: ") and twin.endswith("\r\n")
         trace = parse_traceparent(twin[13:-2].encode())
         assert trace is not None and trace.trace_id == pool[at : at + 16].hex()
         low = int.from_bytes(pool[at + 8 : at + 16], "big")
         assert trace.flags == (1 if sample_all or low < below else 0)
-    else:  # only for an all-zero id (or no 24 bytes at `at`)
-        ids = pool[at : at + 24]
+    else:  # only for an all-zero id, or no 24 bytes at the slot
+        ids = pool[at : at + 24] if slot >= 0 else b""
         assert len(ids) < 24 or not any(ids[:16]) or not any(ids[16:])
+
+
+_FIELD_NAMES = st.sampled_from(
+    [b"host", b"traceparent", b"tracestate", b"traceparents", b"tracepar", b"x-trace", b"accept"]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    headers=st.lists(st.tuples(_FIELD_NAMES, st.binary(max_size=8)), max_size=6),
+    pool=st.binary(min_size=0, max_size=80),
+    slot=st.integers(-1, 4),
+    below=st.one_of(st.sampled_from([0, 1, 1 << 63, (1 << 64) - 1]), st.integers(0, (1 << 64) - 1)),
+    zero=st.booleans(),
+)
+def test_quiet_traceparent_in_c_is_its_twin(headers, pool, slot, below, zero):
+    """The one-step line of an unsampled new trace: the C one is the twin's for any header list,
+    bytes, bound and slot; it exists only when no field is named `traceparent` and the new trace
+    is valid and not sampled, and it is then new_traceparent's line for the same slot."""
+    from gateway.tracecontext import new_traceparent_py, quiet_traceparent_py
+
+    try:
+        from gateway._trace import quiet_traceparent
+    except ImportError:
+        pytest.skip("a pure-Python build")
+    if zero and slot >= 0 and slot * 24 + 24 <= len(pool):
+        pool = pool[: slot * 24] + bytes(16) + pool[slot * 24 + 16 :]
+    twin = quiet_traceparent_py(headers, pool, slot, below.to_bytes(8, "big"))
+    assert quiet_traceparent(headers, pool, slot, below.to_bytes(8, "big")) == twin
+    full = new_traceparent_py(pool, slot, below, False)
+    if (
+        any(name == b"traceparent" for name, _ in headers)
+        or full is None
+        or full.endswith("-01\r\n")
+    ):
+        assert twin is None
+    else:
+        assert twin == full and twin.endswith("-00\r\n")
+
+
+def test_quiet_traceparent_leaves_odd_input_to_the_full_path():
+    """Input that is not exactly a list of (bytes, bytes) tuples, an int subclass as the slot,
+    a bound that is not 8 bytes, gets None from C (the full path then runs), never an error or
+    a wrong answer."""
+    from gateway.tracecontext import quiet_traceparent_py
+
+    try:
+        from gateway._trace import quiet_traceparent
+    except ImportError:
+        pytest.skip("a pure-Python build")
+
+    class Name(bytes):
+        pass
+
+    class Slot(int):
+        pass
+
+    pool = bytes(range(1, 49))
+    zero = bytes(8)
+    assert quiet_traceparent([(b"host", b"a")], pool, 0, zero) is not None
+    for headers in ([(Name(b"host"), b"a")], [[b"host", b"a"]], [(b"host",)], ((b"host", b"a"),)):
+        assert quiet_traceparent(headers, pool, 0, zero) is None
+    assert quiet_traceparent([], pool, Slot(0), zero) is None
+    assert quiet_traceparent([], bytearray(pool), 0, zero) is None
+    for below in (bytes(7), bytes(9), Name(zero), 0):
+        assert quiet_traceparent([], pool, 0, below) is None  # type: ignore[arg-type]
+    for below in (bytes(7), bytes(9)):
+        assert quiet_traceparent_py([], pool, 0, below) is None

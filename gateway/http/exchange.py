@@ -201,6 +201,7 @@ class Exchange:
         "started_at",
         "status",
         "trace",
+        "trace_line",
         "upgrade_data",
     )
 
@@ -237,6 +238,9 @@ class Exchange:
         self.on_end: Callable[[Exchange], None] | None = None  # metrics and access log
         self.route: Route | None = None
         self.trace: RequestTrace | None = None  # W3C trace context (gateway/tracecontext.py)
+        #: a new trace that is not recorded (`tracing:`, no incoming context): only the
+        #: `traceparent` line the upstream receives (RequestTracer.quiet_line); "" otherwise
+        self.trace_line = ""
         self.error: GatewayError | None = None
         self.ended = False
         self._out: list[bytes] = []
