@@ -7,6 +7,9 @@
  * The trace-id is read from the request's `traceparent` header line as the twin slices it
  * (characters 16 to 48), so that the caller makes no str for it.
  *
+ * Where the compiler has portable vector types (GCC, clang), 16 bytes are looked at or written
+ * at once; -DGATEWAY_NO_VECTORS builds the scalar code instead (the same output).
+ *
  * The line is written into a stack buffer when its worst case fits (every string byte escaped to
  * 6 bytes), else into a heap buffer of that worst case, and copied once into the bytes object.
  *
@@ -77,14 +80,37 @@ escapes_in(uint64_t x)
     return (found & highs) != 0;
 }
 
+#if !defined(GATEWAY_NO_VECTORS) && defined(__GNUC__)
+/* Sixteen bytes at a time with the compilers' portable vector types (SSE2, NEON) */
+typedef unsigned char bytes16 __attribute__((vector_size(16)));
+
+static inline int
+escapes_in16(const unsigned char *s)
+{
+    bytes16 x;
+    memcpy(&x, s, 16);
+    bytes16 found = (bytes16)(x < 0x20) | (bytes16)(x == '"') | (bytes16)(x == '\\');
+    uint64_t halves[2];
+    memcpy(halves, &found, 16);
+    return (halves[0] | halves[1]) != 0;
+}
+#endif
+
 /* The string's bytes escaped as in a JSON string literal (no quotes): at most 6 bytes each.
- * Eight bytes at a time while none of them is escaped (ids, paths, addresses), then runs of
- * bytes written as they are between escaped ones. */
+ * Sixteen, then eight bytes at a time while none of them is escaped (ids, paths, addresses),
+ * then runs of bytes written as they are between escaped ones. */
 static char *
 put_escaped(char *w, const text *t)
 {
     const unsigned char *s = (const unsigned char *)t->data;
     const unsigned char *end = s + t->size;
+#if !defined(GATEWAY_NO_VECTORS) && defined(__GNUC__)
+    while (end - s >= 16 && !escapes_in16(s)) {
+        memcpy(w, s, 16);
+        w += 16;
+        s += 16;
+    }
+#endif
     while (end - s >= 8) {
         uint64_t x;
         memcpy(&x, s, 8);
