@@ -374,6 +374,24 @@ async def test_unsampled_new_trace_is_started_and_propagated(
     assert otlp_receiver.spans == []
 
 
+async def test_tracestate_without_traceparent_is_dropped_from_a_new_trace(
+    echo_upstream, make_gateway, otlp_receiver, capfd
+):
+    """A `tracestate` alone is no context: the request starts a new trace (the one-call path
+    when it is not sampled), and the upstream gets the new traceparent without that state."""
+    for ratio in (0.0, 1.0):
+        gw = await make_gateway(
+            config(echo_upstream.url, traced(otlp_receiver, sample_ratio=ratio))
+        )
+        _, body = await fetch(gw.url + "/public/p", {"tracestate": "rojo=00f067aa0ba902b7"})
+        (sent,) = received(body, "traceparent")
+        assert sent.endswith("-01" if ratio else "-00")
+        assert received(body, "tracestate") == []
+        (line,) = access_lines(capfd, gw)
+        assert line["trace_id"] == sent.split("-")[1]
+        await gw.gateway.drain()
+
+
 async def test_refused_request_of_a_new_unsampled_trace_logs_its_trace_id(
     echo_upstream, make_gateway, otlp_receiver, capfd
 ):
