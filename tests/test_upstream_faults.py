@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 
 import aiohttp
@@ -178,3 +179,95 @@ async def test_an_upstream_answer_head_is_bounded(make_gateway, fields, end, sta
         assert elapsed < 3  # not the upstream timeout
     else:
         assert out.endswith(b"ok")
+
+
+def _stalled_client(port: int, size: int, close: bool) -> socket.socket:
+    """A client asking for `size` bytes with a 4 KiB receive buffer, then reading nothing."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", port))
+    connection = b"Connection: close\r\n" if close else b""
+    s.sendall(b"GET /big/%d HTTP/1.1\r\nHost: x\r\n%s\r\n" % (size, connection))
+    return s
+
+
+@pytest.mark.parametrize("close", [True, False], ids=["connection-close", "keep-alive"])
+async def test_a_client_that_stops_reading_a_finished_answer_is_cut_off(
+    echo_upstream, make_gateway, close
+):
+    """A slow-read attack: answers finished but stuck in the gateway's buffers for clients that
+    read nothing. A closing connection would wait for them forever (memory and a socket each);
+    after `send_timeout` without progress it is reset. Sizes around what the kernel buffers
+    hold put some of the answers in the gateway's own buffer when the exchange ends."""
+    cfg = base_config(echo_upstream.url)
+    cfg["upstreams"]["api"]["timeout"] = "1s"  # answers paused mid-way end on the upstream side
+    gw = await make_gateway(cfg)
+    ctx = gw.gateway.ctx
+    ctx.send_timeout = 0.5
+    if not close:  # the idle keep-alive close is the one that waits (its timer: the first)
+        ctx.keepalive_timeout = ctx.header_timeout = 0.3
+    sizes = range(2_000_000, 6_000_000, 40_000)
+    clients = [_stalled_client(gw.port, size, close) for size in sizes]
+    try:
+        stuck: set[object] = set()  # closing with bytes buffered for a client reading nothing
+        for _ in range(60):
+            await asyncio.sleep(0.05)
+            stuck |= {
+                c for c in ctx.connections
+                if c.transport.is_closing() and c.transport.get_write_buffer_size()
+            }  # fmt: skip
+        assert stuck, "no answer was left in the gateway's buffers: the test proves nothing"
+        await asyncio.sleep(1.5)  # send_timeout (0.5 s) twice, and then some
+        assert len(stuck & ctx.connections) == 0, "a client reading nothing holds its connection"
+        assert len(ctx.connections) == 0
+    finally:
+        for s in clients:
+            s.close()
+
+
+async def test_a_slow_reader_that_keeps_reading_gets_the_whole_answer(echo_upstream, make_gateway):
+    """The send timeout counts time without progress, not time in all: a client whose answer
+    was left in the gateway's buffers, and that then takes 400 KB every 0.3 s (longer in all
+    than `send_timeout`), gets every byte."""
+    gw = await make_gateway(base_config(echo_upstream.url))
+    ctx = gw.gateway.ctx
+    ctx.send_timeout = 0.5
+    sizes = range(2_000_000, 6_000_000, 40_000)
+    clients = {_stalled_client(gw.port, size, close=True): size for size in sizes}
+    try:
+        slow = None
+        for _ in range(60):  # a client whose answer is finished but partly still in our buffer
+            await asyncio.sleep(0.05)
+            ports = {
+                c.transport.get_extra_info("peername")[1] for c in ctx.connections
+                if c.transport.is_closing() and c.transport.get_write_buffer_size() > 100_000
+            }  # fmt: skip
+            slow = next((s for s in clients if s.getsockname()[1] in ports), None)
+            if slow is not None:
+                break
+        assert slow is not None, "no answer was left in the gateway's buffers"
+        size = clients.pop(slow)
+        for s in clients:
+            s.close()
+        slow.setblocking(False)
+        received, started = 0, time.monotonic()
+        while True:
+            burst = 0
+            while burst < 400_000:  # a little, then a pause shorter than send_timeout
+                try:
+                    data = slow.recv(65536)
+                except BlockingIOError:
+                    await asyncio.sleep(0.001)
+                    continue
+                if not data:
+                    break
+                burst += len(data)
+            received += burst
+            if burst < 400_000:
+                break
+            await asyncio.sleep(0.3)
+        assert time.monotonic() - started > 2 * ctx.send_timeout
+        assert size < received < size + 1000  # the body and its head
+    finally:
+        for s in [*clients, *([slow] if slow is not None else [])]:
+            s.close()

@@ -178,7 +178,15 @@ class LogConfig(Model):
 
 class LimitsConfig(Model):
     """Request limits; a request over one is refused before anything reaches an upstream, and
-    the offending value is never echoed."""
+    the offending value is never echoed. Client connections also have fixed timeouts (not
+    configurable): a new connection's first request head must arrive within 30 s; an idle
+    keep-alive connection is closed after 75 s; an answer that ends a connection whose client
+    may still be sending is followed by a lingering close (what the client sends is read and
+    dropped, at most 2 s between reads and 5 s in all); a connection closed with part of its
+    answer still buffered for a client that takes none of it for 60 s is reset (nginx's
+    `send_timeout`; a client that keeps reading, however slowly, is not cut off). An answer
+    still streaming to a client that stopped reading is ended by the route's upstream
+    `timeout`."""
 
     max_header_bytes: Size = Field(
         16 * 1024,

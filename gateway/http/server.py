@@ -7,6 +7,9 @@ and the Upgrade hand-off. What to do with a request is the handler's business (p
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import sys
+import termios
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,11 +69,30 @@ class ServerContext:
     linger_time: float = 5.0
     linger_timeout: float = 2.0
     linger_max_bytes: int = 16 * 1024 * 1024
+    #: A connection closed with bytes still buffered for a client that does not read them
+    #: (nginx's send_timeout): cut off (reset) when `send_timeout` passes without the client
+    #: taking any byte (the kernel's send queue counted too). A closing transport would
+    #: otherwise wait for it forever, holding its buffer and socket.
+    send_timeout: float = 60.0
     in_flight: int = 0
     draining: bool = False
     #: set when in_flight drops to 0 while draining (drain() clears it before waiting)
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     connections: set[HttpServerProtocol] = field(default_factory=set)
+
+
+def _unsent(transport: asyncio.Transport) -> int:
+    """Bytes of a connection its client has not taken yet: the transport's buffer, and the
+    kernel's send queue (sent but not acknowledged; Linux's SIOCOUTQ) where it tells."""
+    left = transport.get_write_buffer_size()
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, bytes(4))
+        except (OSError, ValueError):  # not a socket that tells (or closed meanwhile)
+            return left
+        left += int.from_bytes(queued, sys.byteorder, signed=True)
+    return left
 
 
 class HttpServerProtocol(ClientConnection):
@@ -100,6 +122,8 @@ class HttpServerProtocol(ClientConnection):
         self._linger_end = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._idle_deadline = 0.0
+        self._send_timer: asyncio.TimerHandle | None = None  # see ServerContext.send_timeout
+        self._send_left = 0  # bytes still buffered when the send timer was last armed
         self._body_waiters: dict[Exchange, asyncio.Future[None]] = {}
         # The fast path (see _scan): heads the scanner takes, with their Content-Length bodies,
         # never reach llhttp. The first head it leaves to llhttp moves the connection to llhttp
@@ -127,6 +151,9 @@ class HttpServerProtocol(ClientConnection):
         self.ctx.connections.discard(self)
         if self._timer is not None:
             self._timer.cancel()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
         if self.tunnel is not None:
             self.tunnel.close()
         self._drop_requests()  # the client went away: stop the upstream exchanges too
@@ -234,7 +261,31 @@ class HttpServerProtocol(ClientConnection):
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
-            self.transport.close()
+            self._close_transport()
+
+    def _close_transport(self) -> None:
+        """Close the client connection once what is buffered for it is sent; a client that
+        stops taking it is cut off after ServerContext.send_timeout without progress."""
+        transport = self.transport
+        if transport is None:
+            return
+        transport.close()
+        if transport.get_write_buffer_size() and self._send_timer is None:
+            self._send_left = _unsent(transport)
+            self._send_timer = self.loop.call_later(self.ctx.send_timeout, self._on_send_timeout)
+
+    def _on_send_timeout(self) -> None:
+        self._send_timer = None
+        transport = self.transport
+        if transport is None or not transport.get_write_buffer_size():
+            return  # all handed to the kernel: the transport finishes closing on its own
+        left = _unsent(transport)
+        if left < self._send_left:  # the client took some: another period
+            self._send_left = left
+            self._send_timer = self.loop.call_later(self.ctx.send_timeout, self._on_send_timeout)
+            return
+        log.info("client_send_timeout", client=self.client_ip, unsent=left)
+        transport.abort()  # the client stopped reading (a slow-read attack, or gone quiet)
 
     def abort(self) -> None:
         if self.transport is not None:  # also a closing or lingering one (drain, shutdown)
@@ -254,7 +305,7 @@ class HttpServerProtocol(ClientConnection):
         if self.loop.time() < self._idle_deadline:
             self._timer = self.loop.call_at(self._idle_deadline, self._on_timeout)
             return
-        self.transport.close()  # idle keep-alive or a slow head (slowloris)
+        self._close_transport()  # idle keep-alive or a slow head (slowloris)
 
     # ------------------------------------------------------------- parser callbacks
     # No on_message_begin: httptools calls every callback the protocol defines (about 1.5k
@@ -502,7 +553,7 @@ class HttpServerProtocol(ClientConnection):
                     self._linger(transport)
                 else:
                     self.closed = True
-                    transport.close()
+                    self._close_transport()
             return
         if self.queue:
             self.loop.call_soon(self._start, self.queue[0])  # not recursively: pipelines are long
@@ -539,7 +590,7 @@ class HttpServerProtocol(ClientConnection):
             try:
                 transport.write_eof()
             except (OSError, RuntimeError):  # the peer has gone already
-                transport.close()
+                self._close_transport()
                 return
         ctx = self.ctx
         self._linger_end = self.loop.time() + ctx.linger_time
@@ -555,8 +606,7 @@ class HttpServerProtocol(ClientConnection):
         self._linger_bytes += size
         ctx = self.ctx
         if self._linger_bytes > ctx.linger_max_bytes:
-            if self.transport is not None:
-                self.transport.close()
+            self._close_transport()
             return
         self._idle_deadline = min(self.loop.time() + ctx.linger_timeout, self._linger_end)
 
