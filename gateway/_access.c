@@ -7,8 +7,8 @@
  * The trace-id is read from the request's `traceparent` header line as the twin slices it
  * (characters 16 to 48), so that the caller makes no str for it.
  *
- * Where the compiler has portable vector types (GCC, clang), 16 bytes are looked at or written
- * at once; -DGATEWAY_NO_VECTORS builds the scalar code instead (the same output).
+ * The test for bytes to escape looks at 16 bytes at once where the compiler has portable vector
+ * types (GCC, clang), else 8 (-DGATEWAY_NO_VECTORS builds that scalar code: the same output).
  *
  * The line is written into a stack buffer when its worst case fits (every string byte escaped to
  * 6 bytes), else into a heap buffer of that worst case, and copied once into the bytes object.

@@ -1,4 +1,4 @@
-/* gateway._trace: the two steps of tracing where even compiled Python makes too many objects.
+/* gateway._trace: the steps of tracing where even compiled Python makes too many objects.
  *
  * new_traceparent(pool, slot, below, sample_all) -> str | None
  *     The `traceparent` header line of a new trace, "traceparent: 00-<trace-id>-<span-id>-<flags>\r\n"
@@ -25,10 +25,10 @@
  *     byte for byte; tests/test_otlp.py holds both to the OpenTelemetry SDK's encoder): the
  *     lengths are worked out first, then the message is written once into its bytes object.
  *
- * Where the compiler has portable vector types (GCC, clang), 16 bytes are looked at or written
- * at once; -DGATEWAY_NO_VECTORS builds the scalar code instead (the same output).
+ * Where the compiler has portable vector types (GCC 12+, clang), an id's hex digits are written
+ * 16 at once; -DGATEWAY_NO_VECTORS builds the scalar code instead (the same output).
  *
- * Inputs either function does not take return None (never raise) and the caller runs the Python
+ * Inputs these functions do not take return None (never raise) and the caller runs the Python
  * twin, which gives the answer or the exception Python would: a subclass or another type, an id
  * that is not exactly 16 hex digits, a str that is not UTF-8-encodable, a number out of range.
  */
@@ -67,19 +67,19 @@ ids_at(PyObject *pool, PyObject *slot_obj, const unsigned char **id)
     return 1;
 }
 
-/* `below` as TraceIdRatioBased's bound (an exact int that fits 64 bits): 1, or 0 */
+/* An exact int within [0, 2**64); 0 otherwise. */
 static int
-bound_of(PyObject *obj, uint64_t *below)
+uint64_of(PyObject *obj, uint64_t *out)
 {
     if (!PyLong_CheckExact(obj)) {
         return 0;
     }
-    unsigned long long value = PyLong_AsUnsignedLongLong(obj);
-    if (value == (unsigned long long)-1 && PyErr_Occurred()) {
+    unsigned long long v = PyLong_AsUnsignedLongLong(obj);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
         PyErr_Clear();
         return 0;
     }
-    *below = value;
+    *out = (uint64_t)v;
     return 1;
 }
 
@@ -117,7 +117,6 @@ valid_ids(const unsigned char *id, uint64_t *low)
 #if !defined(GATEWAY_NO_VECTORS) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12))
 /* Hex digits 16 at a time with the compilers' portable vector types (SSE2 on x86-64, NEON on
  * arm64): nibbles split, interleaved high-low, mapped to '0'-'9' / 'a'-'f'. */
-#define VECTOR_HEX 1
 typedef unsigned char bytes16 __attribute__((vector_size(16)));
 
 static inline bytes16
@@ -182,7 +181,7 @@ new_traceparent(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     const unsigned char *id;
     uint64_t below, low;
-    if (!ids_at(args[0], args[1], &id) || !bound_of(args[2], &below)) {
+    if (!ids_at(args[0], args[1], &id) || !uint64_of(args[2], &below)) {
         Py_RETURN_NONE;
     }
     int sample_all = PyObject_IsTrue(args[3]);
@@ -273,22 +272,6 @@ span_id_of(PyObject *obj, unsigned char out[8])
         }
         out[i] = (unsigned char)(hi << 4 | lo);
     }
-    return 1;
-}
-
-/* An exact int within [0, 2**64); 0 otherwise. */
-static int
-uint64_of(PyObject *obj, uint64_t *out)
-{
-    if (!PyLong_CheckExact(obj)) {
-        return 0;
-    }
-    unsigned long long v = PyLong_AsUnsignedLongLong(obj);
-    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
-        PyErr_Clear();
-        return 0;
-    }
-    *out = (uint64_t)v;
     return 1;
 }
 
