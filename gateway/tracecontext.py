@@ -280,6 +280,14 @@ class RequestTracer:
         self._pool = b""  # random bytes: 24 (trace-id, span-id) per new trace
         self._next = _POOL_SLOTS  # the next slot of the pool (all used: read a new pool)
 
+    def _slot(self) -> int:
+        """The pool's next unused slot (a new pool once all are used), not taken yet."""
+        slot = self._next
+        if slot >= _POOL_SLOTS:
+            self._pool = os.urandom(_POOL_BYTES)
+            self._next = slot = 0
+        return slot
+
     def quiet_line(self, headers: list[tuple[bytes, bytes]]) -> str | None:
         """Most requests in one step: no incoming `traceparent` and a new trace that is not
         sampled get only the line the upstream receives (no `RequestTrace`; the trace-id is
@@ -287,10 +295,7 @@ class RequestTracer:
         it starts a trace)."""
         if self.sample_all:
             return None
-        slot = self._next
-        if slot >= _POOL_SLOTS:
-            self._pool = os.urandom(_POOL_BYTES)
-            self._next = slot = 0
+        slot = self._slot()
         line = _QUIET_TRACEPARENT(headers, self._pool, slot, self._below_bytes)
         if line is not None:
             self._next = slot + 1
@@ -320,10 +325,7 @@ class RequestTracer:
         random bytes read at once (one `os.urandom` per 256 traces); the header line the
         upstream receives is written from them in one step (in C when built), and the ids are
         slices of it."""
-        slot = self._next
-        if slot >= _POOL_SLOTS:
-            self._pool = os.urandom(_POOL_BYTES)
-            slot = 0
+        slot = self._slot()
         self._next = slot + 1
         line = None
         if _C_NEW_TRACEPARENT is not None:

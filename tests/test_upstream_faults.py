@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import socket
 import time
+from typing import Any
 
 import aiohttp
 import pytest
@@ -191,6 +192,15 @@ def _stalled_client(port: int, size: int, close: bool) -> socket.socket:
     return s
 
 
+def _closing_with_buffer(ctx: Any, more_than: int = 0) -> set[Any]:
+    """The server's connections closed while more than `more_than` bytes of their answer are
+    still in the gateway's buffer (their clients read nothing)."""
+    return {
+        c for c in ctx.connections
+        if c.transport.is_closing() and c.transport.get_write_buffer_size() > more_than
+    }  # fmt: skip
+
+
 @pytest.mark.parametrize("close", [True, False], ids=["connection-close", "keep-alive"])
 async def test_a_client_that_stops_reading_a_finished_answer_is_cut_off(
     echo_upstream, make_gateway, close
@@ -209,13 +219,10 @@ async def test_a_client_that_stops_reading_a_finished_answer_is_cut_off(
     sizes = range(2_000_000, 6_000_000, 40_000)
     clients = [_stalled_client(gw.port, size, close) for size in sizes]
     try:
-        stuck: set[object] = set()  # closing with bytes buffered for a client reading nothing
+        stuck: set[Any] = set()
         for _ in range(60):
             await asyncio.sleep(0.05)
-            stuck |= {
-                c for c in ctx.connections
-                if c.transport.is_closing() and c.transport.get_write_buffer_size()
-            }  # fmt: skip
+            stuck |= _closing_with_buffer(ctx)
         assert stuck, "no answer was left in the gateway's buffers: the test proves nothing"
         await asyncio.sleep(1.5)  # send_timeout (0.5 s) twice, and then some
         assert len(stuck & ctx.connections) == 0, "a client reading nothing holds its connection"
@@ -239,9 +246,9 @@ async def test_a_slow_reader_that_keeps_reading_gets_the_whole_answer(echo_upstr
         for _ in range(60):  # a client whose answer is finished but partly still in our buffer
             await asyncio.sleep(0.05)
             ports = {
-                c.transport.get_extra_info("peername")[1] for c in ctx.connections
-                if c.transport.is_closing() and c.transport.get_write_buffer_size() > 100_000
-            }  # fmt: skip
+                c.transport.get_extra_info("peername")[1]
+                for c in _closing_with_buffer(ctx, more_than=100_000)
+            }
             slow = next((s for s in clients if s.getsockname()[1] in ports), None)
             if slow is not None:
                 break
@@ -249,6 +256,7 @@ async def test_a_slow_reader_that_keeps_reading_gets_the_whole_answer(echo_upstr
         size = clients.pop(slow)
         for s in clients:
             s.close()
+        clients.clear()
         slow.setblocking(False)
         received, started = 0, time.monotonic()
         while True:
